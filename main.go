@@ -1,12 +1,124 @@
-// Command chatmail-edge is the TLS/ECH front end of a chatmail relay.
+// Command chatmail-edge is the TLS front end of a chatmail relay: it
+// terminates TLS with Encrypted Client Hello on 443 (and optionally 993 and
+// 465), routes IMAP, SMTP and HTTPS by the inner ALPN, and serves the
+// relay's web site, MTA-STS policy and ECH configuration.
 package main
 
 import (
+	"errors"
+	"flag"
 	"fmt"
+	"io"
 	"os"
+	"runtime/debug"
 )
 
+const usage = `chatmail-edge: the TLS and ECH front end of a chatmail relay.
+
+Usage:
+  chatmail-edge demo [flags]          run everything on loopback with an in-process mail server
+  chatmail-edge serve [flags]         run on a relay (reads chatmail.ini and the edge's config)
+  chatmail-edge probe [flags] DOMAIN  check a running edge over IMAP, SMTP and HTTPS with ECH
+  chatmail-edge ech show|rotate|retire [flags]
+                                      print or change the ECH keys in the state folder
+  chatmail-edge config describe       print the configuration file with every key documented
+  chatmail-edge version               print the version
+
+Run "chatmail-edge COMMAND -h" for a command's flags.
+`
+
+// exitConfig is the exit status for configuration errors; the systemd unit's
+// RestartPreventExitStatus keeps such a start from looping.
+const exitConfig = 78 // EX_CONFIG, sysexits.h
+
+// errUsage marks errors that the command line caused.
+var errUsage = errors.New("usage")
+
 func main() {
-	fmt.Fprintln(os.Stderr, "chatmail-edge: under construction")
-	os.Exit(2)
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	commands := map[string]func([]string, io.Writer, io.Writer) error{
+		"demo":   cmdDemo,
+		"serve":  cmdServe,
+		"probe":  cmdProbe,
+		"ech":    cmdECH,
+		"config": cmdConfig,
+		"version": func([]string, io.Writer, io.Writer) error {
+			fmt.Fprintln(stdout, "chatmail-edge", version())
+			return nil
+		},
+	}
+	cmd, ok := commands[args[0]]
+	if !ok {
+		if args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+			fmt.Fprint(stdout, usage)
+			return 0
+		}
+		fmt.Fprintf(stderr, "chatmail-edge: unknown command %q\n\n%s", args[0], usage)
+		return 2
+	}
+	err := cmd(args[1:], stdout, stderr)
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.Is(err, errUsage):
+		fmt.Fprintf(stderr, "chatmail-edge %s: %v\n", args[0], err)
+		return 2
+	case errors.Is(err, errConfig):
+		fmt.Fprintf(stderr, "chatmail-edge %s: %v\n", args[0], err)
+		return exitConfig
+	case errors.Is(err, errChecksFailed):
+		return 1
+	default:
+		fmt.Fprintf(stderr, "chatmail-edge %s: %v\n", args[0], err)
+		return 1
+	}
+}
+
+// version is the module version when installed with go install, else the
+// VCS revision the binary was built from.
+func version() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "unknown"
+	}
+	if v := bi.Main.Version; v != "" && v != "(devel)" {
+		return v
+	}
+	for _, s := range bi.Settings {
+		if s.Key == "vcs.revision" && len(s.Value) >= 12 {
+			return "devel-" + s.Value[:12]
+		}
+	}
+	return "devel"
+}
+
+// newFlagSet makes a flag set that reports errors to stderr and returns them.
+func newFlagSet(name string, stderr io.Writer, synopsis string) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: chatmail-edge %s\n\n", synopsis)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// parseFlags parses args, turning flag errors into usage errors.
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	return nil
 }

@@ -1,0 +1,143 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"chatmail-edge/acme"
+	"chatmail-edge/edge"
+	"chatmail-edge/mail"
+)
+
+func cmdServe(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("serve", stderr, "serve [flags]")
+	configFile := fs.String("config", defaultConfigFile, "the edge's configuration file (see `chatmail-edge config describe`)")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("%w: unexpected argument %q", errUsage, fs.Arg(0))
+	}
+	s, err := loadSettings(*configFile, flagWasSet(fs, "config"))
+	if err != nil {
+		return err
+	}
+	log, err := newLogger(stderr, s.LogLevel)
+	if err != nil {
+		return fmt.Errorf("%w: %v", errConfig, err)
+	}
+	defer log.Sync()
+
+	cfg, err := s.instanceConfig()
+	if err != nil {
+		return err
+	}
+	in, err := startInstance(cfg, log)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	<-ctx.Done()
+	log.Info("stopping")
+	in.shutdown()
+	return nil
+}
+
+// instanceConfig turns the settings into the running parts' configuration.
+func (s *settings) instanceConfig() (instanceConfig, error) {
+	certFile, keyFile := s.TLSCert, s.TLSKey
+	if certFile == "" {
+		// acmetool's files, which Dovecot and Postfix read too.
+		live := filepath.Join("/var/lib/acme/live", s.MailDomain)
+		certFile, keyFile = filepath.Join(live, "fullchain"), filepath.Join(live, "privkey")
+	}
+	pair, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return instanceConfig{}, fmt.Errorf("%w: load certificate %s and key %s: %v", errConfig, certFile, keyFile, err)
+	}
+	var listeners []edge.ListenerConfig
+	for _, l := range []struct {
+		name, addr string
+		kind       edge.Kind
+	}{{"https", s.HTTPS, edge.KindMux}, {"imaps", s.IMAPS, edge.KindIMAP}, {"smtps", s.SMTPS, edge.KindSMTP}} {
+		if l.addr != "" {
+			listeners = append(listeners, edge.ListenerConfig{Name: l.name, Address: s.listenAddr(l.addr), Kind: l.kind})
+		}
+	}
+	httpsPort := 443
+	if _, port, err := net.SplitHostPort(s.HTTPS); err == nil {
+		fmt.Sscan(port, &httpsPort)
+	}
+	httpAddr := ""
+	if s.HTTP != "" {
+		httpAddr = s.listenAddr(s.HTTP)
+	}
+	return instanceConfig{
+		Domain:     s.MailDomain,
+		PublicName: s.ECHPublicName,
+		StateDir:   s.StateDir,
+		Edge: edge.Config{
+			Listeners:        listeners,
+			HandshakeTimeout: s.HandshakeTimeout,
+			IdleTimeout:      s.IdleTimeout,
+			BackendTimeout:   s.BackendTimeout,
+			MaxConnections:   s.MaxConnections,
+			MaxHandshakes:    s.MaxHandshakes,
+			Hostname:         s.MailDomain,
+		},
+		HTTPAddr:  httpAddr,
+		HTTPSPort: httpsPort,
+		GetCert:   acme.NewStatic(&pair).GetCertificate,
+		Backends: func(dial func(context.Context, string, string) (net.Conn, error)) (edge.Backends, error) {
+			imapB, err := mail.NewBackend(s.IMAPBackend.config(mail.IMAP, s, dial))
+			if err != nil {
+				return edge.Backends{}, fmt.Errorf("[imap]: %w", err)
+			}
+			smtpB, err := mail.NewBackend(s.SMTPBackend.config(mail.SMTP, s, dial))
+			if err != nil {
+				return edge.Backends{}, fmt.Errorf("[smtp]: %w", err)
+			}
+			return edge.Backends{IMAP: imapB, SMTP: smtpB}, nil
+		},
+	}, nil
+}
+
+func (b backendSettings) config(p mail.Protocol, s *settings, dial func(context.Context, string, string) (net.Conn, error)) mail.BackendConfig {
+	return mail.BackendConfig{
+		Protocol: p, Mode: mail.Mode(b.Mode), Address: b.Address,
+		DialTimeout: s.BackendTimeout, TLSServerName: s.MailDomain, Dial: dial,
+	}
+}
+
+// listenAddr keeps a wildcard listener on IPv4 only when chatmail.ini says
+// disable_ipv6, as chatmail's nginx then leaves out its [::] listeners.
+func (s *settings) listenAddr(addr string) string {
+	if s.DisableIPv6 && strings.HasPrefix(addr, ":") {
+		return "0.0.0.0" + addr
+	}
+	return addr
+}
+
+func cmdConfig(args []string, stdout, stderr io.Writer) error {
+	if len(args) != 1 || args[0] != "describe" {
+		return fmt.Errorf("%w: want `config describe`", errUsage)
+	}
+	fmt.Fprint(stdout, describeConfig())
+	return nil
+}
+
+func flagWasSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
+}

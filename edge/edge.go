@@ -1,0 +1,303 @@
+// Package edge terminates TLS with Encrypted Client Hello on the relay's public
+// ports and routes each connection by port and by its inner ALPN: IMAP and
+// SMTP to the mail backends, everything else to the in-process web server.
+package edge
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"chatmail-edge/mail"
+
+	"go.uber.org/zap"
+)
+
+// Backend dials the daemon behind a mail route; *mail.Backend implements it.
+type Backend interface {
+	Dial(ctx context.Context, info mail.ClientInfo) (net.Conn, error)
+}
+
+// Backends are the mail routes' targets. A nil entry refuses that route.
+type Backends struct {
+	IMAP Backend
+	SMTP Backend
+}
+
+// Edge owns the public TLS listeners and every connection they accept.
+type Edge struct {
+	cfg     Config
+	log     *zap.Logger
+	getCert func(*tls.ClientHelloInfo) (*tls.Certificate, error)
+
+	echKeys     atomic.Pointer[[]tls.EncryptedClientHelloKey]
+	echConfigID atomic.Uint32 // of the current key, for the status page
+	backends    atomic.Pointer[Backends]
+
+	listeners []*listener
+	poller    *poller // nil: no parking (platform or Config.NoParking)
+	bufs      sync.Pool
+	queue     chan *pendingConn
+	http      *handoffListener
+
+	nextID      atomic.Uint64
+	activeConns atomic.Int64
+	busyPumps   atomic.Int64 // pumps moving data right now (the rest are parked)
+
+	mu        sync.Mutex
+	sessions  map[*session]struct{}
+	pending   map[*pendingConn]struct{}
+	httpConns map[net.Conn]*listener
+
+	nextTicketRotation time.Time // touched by Start and the sweeper only
+
+	stopOnce sync.Once
+	stop     chan struct{}
+	wg       sync.WaitGroup
+}
+
+// New checks the configuration and prepares an edge; Start opens its ports.
+// getCert chooses the certificate for a handshake (by inner SNI when ECH is
+// accepted, else by the outer SNI, the ECH public_name).
+func New(cfg Config, log *zap.Logger, getCert func(*tls.ClientHelloInfo) (*tls.Certificate, error)) (*Edge, error) {
+	cfg.setDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("edge config: %w", err)
+	}
+	if getCert == nil {
+		return nil, errors.New("edge config: no certificate source")
+	}
+	e := &Edge{
+		cfg:       cfg,
+		log:       log,
+		getCert:   getCert,
+		queue:     make(chan *pendingConn, cfg.MaxConnections),
+		sessions:  make(map[*session]struct{}),
+		pending:   make(map[*pendingConn]struct{}),
+		httpConns: make(map[net.Conn]*listener),
+		stop:      make(chan struct{}),
+		http:      newHandoffListener(),
+	}
+	e.bufs.New = func() any { return new([bufSize]byte) }
+	e.echKeys.Store(&noECHKeys)
+	e.backends.Store(&Backends{})
+	for _, lc := range cfg.Listeners {
+		e.listeners = append(e.listeners, newListener(e, lc))
+	}
+	return e, nil
+}
+
+// noECHKeys is what GetEncryptedClientHelloKeys returns while ECH is off; the
+// API wants a non-nil slice.
+var noECHKeys = []tls.EncryptedClientHelloKey{}
+
+// SetECHKeys replaces the ECH keys on every listener at once, for new
+// handshakes. keys are newest first; the current one has SendAsRetry set.
+func (e *Edge) SetECHKeys(keys []tls.EncryptedClientHelloKey, currentConfigID uint8) {
+	if keys == nil {
+		keys = noECHKeys
+	}
+	e.echKeys.Store(&keys)
+	e.echConfigID.Store(uint32(currentConfigID))
+}
+
+// SetBackends replaces the mail backends for new connections.
+func (e *Edge) SetBackends(b Backends) { e.backends.Store(&b) }
+
+// SetSessionTicketKeys sets the TLS session ticket keys of every listener
+// (the first encrypts, all decrypt). Keys that outlive a restart let clients
+// resume after it, which is what makes a reconnect storm cheap.
+func (e *Edge) SetSessionTicketKeys(keys [][32]byte) {
+	for _, l := range e.listeners {
+		l.tlsConfig.SetSessionTicketKeys(keys)
+	}
+}
+
+// HTTPListener yields the TLS connections routed to HTTP, for the web server.
+func (e *Edge) HTTPListener() net.Listener { return e.http }
+
+// Start opens every listener and starts serving. On error nothing is left open.
+func (e *Edge) Start() error {
+	if e.cfg.TicketKeyFile != "" {
+		if err := e.rotateTicketKeys(time.Now()); err != nil {
+			return err
+		}
+	}
+	if !e.cfg.NoParking {
+		p, err := newPoller()
+		switch {
+		case err == nil:
+			e.poller = p
+		case !errors.Is(err, errNoPoller):
+			return err
+		}
+	}
+	for i, l := range e.listeners {
+		if err := l.listen(); err != nil {
+			for _, opened := range e.listeners[:i] {
+				opened.ln.Close()
+			}
+			if e.poller != nil {
+				e.poller.close()
+			}
+			return err
+		}
+	}
+	for range e.cfg.MaxHandshakes {
+		e.wg.Go(e.handshakeWorker)
+	}
+	e.wg.Go(e.sweep)
+	for _, l := range e.listeners {
+		e.wg.Go(l.acceptLoop)
+	}
+	e.log.Info("edge started", zap.Strings("listeners", e.addrStrings()), zap.Bool("parking", e.poller != nil))
+	return nil
+}
+
+// Addr is the bound address of the named listener (useful with port 0).
+func (e *Edge) Addr(name string) net.Addr {
+	for _, l := range e.listeners {
+		if l.cfg.Name == name && l.ln != nil {
+			return l.ln.Addr()
+		}
+	}
+	return nil
+}
+
+func (e *Edge) addrStrings() []string {
+	var out []string
+	for _, l := range e.listeners {
+		out = append(out, l.cfg.Name+"="+l.ln.Addr().String())
+	}
+	return out
+}
+
+// Shutdown stops accepting, then closes every connection the edge still owns
+// (IMAP and SMTP clients reconnect; HTTP connections belong to the web server).
+func (e *Edge) Shutdown() {
+	e.stopOnce.Do(func() {
+		close(e.stop)
+		for _, l := range e.listeners {
+			if l.ln != nil {
+				l.ln.Close()
+			}
+		}
+		e.http.Close()
+		e.mu.Lock()
+		pending := make([]*pendingConn, 0, len(e.pending))
+		for pc := range e.pending {
+			pending = append(pending, pc)
+		}
+		sessions := make([]*session, 0, len(e.sessions))
+		for s := range e.sessions {
+			sessions = append(sessions, s)
+		}
+		e.mu.Unlock()
+		for _, pc := range pending {
+			e.dropPending(pc, FailTimeout, "shutting down")
+		}
+		for _, s := range sessions {
+			s.close("shutting down", nil)
+		}
+		close(e.queue)
+		e.wg.Wait()
+		if e.poller != nil {
+			e.poller.close()
+		}
+		e.log.Info("edge stopped")
+	})
+}
+
+// Snapshot copies the counters for the status page and metrics.
+func (e *Edge) Snapshot() Snapshot {
+	s := Snapshot{
+		Parked: e.poller != nil, BusyPumps: e.busyPumps.Load(),
+		ECHKeys: len(*e.echKeys.Load()), ECHConfigID: uint8(e.echConfigID.Load()),
+	}
+	for _, l := range e.listeners {
+		addr := l.cfg.Address
+		if l.ln != nil {
+			addr = l.ln.Addr().String()
+		}
+		s.Listeners = append(s.Listeners, l.stats.snapshot(l.cfg.Name, addr))
+	}
+	e.mu.Lock()
+	s.ActiveSessions = int64(len(e.sessions))
+	s.Pending = int64(len(e.pending))
+	e.mu.Unlock()
+	return s
+}
+
+func (e *Edge) trackSession(s *session) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	select {
+	case <-e.stop:
+		return false
+	default:
+	}
+	e.sessions[s] = struct{}{}
+	return true
+}
+
+func (e *Edge) forgetSession(s *session) {
+	e.mu.Lock()
+	delete(e.sessions, s)
+	e.mu.Unlock()
+}
+
+// sweep closes sessions that sat idle or half-closed too long, and
+// connections that never sent a ClientHello.
+func (e *Edge) sweep() {
+	interval := min(e.cfg.HandshakeTimeout, e.cfg.IdleTimeout, e.cfg.LingerTimeout) / 4
+	interval = max(10*time.Millisecond, min(interval, 5*time.Second))
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-e.stop:
+			return
+		case now := <-t.C:
+			e.sweepOnce(now)
+			if e.cfg.TicketKeyFile != "" && now.After(e.nextTicketRotation) {
+				if err := e.rotateTicketKeys(now); err != nil {
+					e.log.Error("session ticket key rotation failed; keeping the current keys", zap.Error(err))
+					e.nextTicketRotation = now.Add(time.Hour)
+				}
+			}
+		}
+	}
+}
+
+func (e *Edge) sweepOnce(now time.Time) {
+	type expiredSession struct {
+		s      *session
+		reason string
+	}
+	var sessions []expiredSession
+	var silent []*pendingConn
+	nowNs := now.UnixNano()
+	e.mu.Lock()
+	for s := range e.sessions {
+		if ok, reason := s.expired(nowNs); ok {
+			sessions = append(sessions, expiredSession{s, reason})
+		}
+	}
+	for pc := range e.pending {
+		if pc.state == waitingForHello && now.Sub(pc.accepted) > e.cfg.HandshakeTimeout {
+			silent = append(silent, pc)
+		}
+	}
+	e.mu.Unlock()
+	for _, x := range sessions {
+		go x.s.close(x.reason, nil)
+	}
+	for _, pc := range silent {
+		e.dropPending(pc, FailTimeout, "no ClientHello before the handshake timeout")
+	}
+}

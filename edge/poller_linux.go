@@ -1,0 +1,182 @@
+//go:build linux
+
+package edge
+
+import (
+	"fmt"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// poller tells parked connections when their socket turns readable, so that an
+// idle connection holds neither a goroutine nor a buffer: only its kernel socket
+// and a few hundred bytes of Go state.
+//
+// Each registration is one-shot (EPOLLONESHOT): after an event fires, nothing
+// more is delivered for that socket until the owner re-arms it. So at most one
+// goroutine ever works on a socket's reads, without any lock.
+type poller struct {
+	epfd   int
+	wakefd int // eventfd that stops the wait loop on close
+
+	mu    sync.Mutex
+	slots []pollSlot
+	free  []uint32
+	done  bool
+}
+
+// pollSlot ties an epoll registration to its owner. The generation in the
+// token makes an event that was already queued for a previous owner of the
+// slot harmless.
+type pollSlot struct {
+	gen    uint32
+	target func()
+}
+
+// pollToken identifies one registration: slot index and generation.
+type pollToken uint64
+
+const pollEvents = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT
+
+const wakeToken = ^uint64(0)
+
+func newPoller() (*poller, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("create epoll set: %w", err)
+	}
+	wakefd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		unix.Close(epfd)
+		return nil, fmt.Errorf("create eventfd: %w", err)
+	}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN}
+	setEventData(&ev, wakeToken)
+	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wakefd, &ev); err != nil {
+		unix.Close(epfd)
+		unix.Close(wakefd)
+		return nil, fmt.Errorf("register eventfd: %w", err)
+	}
+	p := &poller{epfd: epfd, wakefd: wakefd}
+	go p.loop()
+	return p, nil
+}
+
+// add registers fd; target runs on a new goroutine once fd is readable (or
+// hung up). The registration is disarmed after that until rearm is called.
+func (p *poller) add(fd int, target func()) (pollToken, error) {
+	p.mu.Lock()
+	if p.done {
+		p.mu.Unlock()
+		return 0, errPollerClosed
+	}
+	var idx uint32
+	if n := len(p.free); n > 0 {
+		idx = p.free[n-1]
+		p.free = p.free[:n-1]
+	} else {
+		idx = uint32(len(p.slots))
+		p.slots = append(p.slots, pollSlot{})
+	}
+	slot := &p.slots[idx]
+	slot.target = target
+	tok := pollToken(uint64(slot.gen)<<32 | uint64(idx))
+	p.mu.Unlock()
+
+	ev := unix.EpollEvent{Events: pollEvents}
+	setEventData(&ev, uint64(tok))
+	if err := unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		p.release(tok)
+		return 0, fmt.Errorf("epoll add fd %d: %w", fd, err)
+	}
+	return tok, nil
+}
+
+// rearm asks for one more readiness event on fd.
+func (p *poller) rearm(fd int, tok pollToken) error {
+	ev := unix.EpollEvent{Events: pollEvents}
+	setEventData(&ev, uint64(tok))
+	if err := unix.EpollCtl(p.epfd, unix.EPOLL_CTL_MOD, fd, &ev); err != nil {
+		return fmt.Errorf("epoll rearm fd %d: %w", fd, err)
+	}
+	return nil
+}
+
+// remove unregisters fd. It must be called before fd is closed; an event that
+// is already in flight for tok is dropped by the generation check.
+func (p *poller) remove(fd int, tok pollToken) {
+	_ = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, fd, nil)
+	p.release(tok)
+}
+
+func (p *poller) release(tok pollToken) {
+	idx, gen := uint32(tok), uint32(tok>>32)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if int(idx) >= len(p.slots) || p.slots[idx].gen != gen {
+		return
+	}
+	p.slots[idx] = pollSlot{gen: gen + 1}
+	p.free = append(p.free, idx)
+}
+
+func (p *poller) lookup(tok uint64) func() {
+	idx, gen := uint32(tok), uint32(tok>>32)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if int(idx) >= len(p.slots) || p.slots[idx].gen != gen {
+		return nil
+	}
+	return p.slots[idx].target
+}
+
+func (p *poller) loop() {
+	events := make([]unix.EpollEvent, 256)
+	for {
+		n, err := unix.EpollWait(p.epfd, events, -1)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			// Only a programming error (bad epfd) gets here; nothing to recover.
+			panic(fmt.Sprintf("edge: epoll_wait: %v", err))
+		}
+		for i := range n {
+			tok := eventData(&events[i])
+			if tok == wakeToken {
+				unix.Close(p.epfd)
+				unix.Close(p.wakefd)
+				return
+			}
+			if target := p.lookup(tok); target != nil {
+				go target()
+			}
+		}
+	}
+}
+
+// close stops the wait loop. Registered targets are not called any more.
+func (p *poller) close() {
+	p.mu.Lock()
+	if p.done {
+		p.mu.Unlock()
+		return
+	}
+	p.done = true
+	p.slots, p.free = nil, nil
+	p.mu.Unlock()
+	var one = [8]byte{1}
+	_, _ = unix.Write(p.wakefd, one[:])
+}
+
+// The 64-bit epoll_data sits in the Fd and Pad fields of x/sys's EpollEvent on
+// every little-endian Linux port (amd64 and arm64 differ only in padding before it).
+func setEventData(ev *unix.EpollEvent, v uint64) {
+	ev.Fd = int32(uint32(v))
+	ev.Pad = int32(uint32(v >> 32))
+}
+
+func eventData(ev *unix.EpollEvent) uint64 {
+	return uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32
+}

@@ -1,0 +1,215 @@
+package edge
+
+import (
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// bufSize is the plaintext of one full TLS record (RFC 8446 §5.1: 2^14 bytes),
+// so that one tls.Conn Read never leaves plaintext behind in the tls.Conn.
+const bufSize = 16 << 10
+
+// session is one proxied IMAP or SMTP connection: the client's TLS connection
+// on one side, the backend (plaintext after a PROXY header, or re-encrypted
+// TLS) on the other, and one pump per direction.
+//
+// While no data flows, a session owns no goroutine and no buffer: both pumps
+// are parked in the poller. A pump borrows a buffer from the pool only while it
+// moves data.
+type session struct {
+	e       *Edge
+	l       *listener
+	id      uint64
+	route   Route
+	started time.Time
+
+	client     *tls.Conn
+	clientTCP  *tcpConn
+	backend    net.Conn // backendTCP itself, or a *tls.Conn over it
+	backendTCP *tcpConn
+
+	up   pump // client to backend
+	down pump // backend to client
+
+	lastActive atomic.Int64 // unix nanoseconds of the last data moved
+	halfClosed atomic.Int64 // unix nanoseconds when one direction ended, 0 if none
+
+	mu     sync.Mutex // guards closed and the pumps' poll registrations
+	closed bool
+}
+
+// pump moves bytes in one direction of a session.
+type pump struct {
+	s          *session
+	src        io.Reader
+	srcTCP     *tcpConn
+	dst        io.Writer
+	dstTCP     *tcpConn
+	dstTLS     *tls.Conn // dst as TLS, for close_notify; nil when dst is plain TCP
+	bytes      *atomic.Uint64
+	tok        pollToken
+	registered bool        // tok is valid; guarded by s.mu
+	ended      atomic.Bool // src reached EOF
+	runFunc    func()
+}
+
+func newSession(e *Edge, l *listener, id uint64, route Route, client *tls.Conn, clientTCP *tcpConn, backend net.Conn, backendTCP *tcpConn) *session {
+	s := &session{
+		e: e, l: l, id: id, route: route, started: time.Now(),
+		client: client, clientTCP: clientTCP, backend: backend, backendTCP: backendTCP,
+	}
+	s.up = pump{s: s, src: client, srcTCP: clientTCP, dst: backend, dstTCP: backendTCP, bytes: &l.stats.bytesIn}
+	if bt, ok := backend.(*tls.Conn); ok {
+		s.up.dstTLS = bt
+	}
+	s.down = pump{s: s, src: backend, srcTCP: backendTCP, dst: client, dstTCP: clientTCP, dstTLS: client, bytes: &l.stats.bytesOut}
+	s.up.runFunc = s.up.run
+	s.down.runFunc = s.down.run
+	s.lastActive.Store(s.started.UnixNano())
+	return s
+}
+
+// start sets both pumps going. Each runs once right away: the handshakes may
+// have left application data buffered inside a tls.Conn, which no readiness
+// event would ever announce.
+func (s *session) start() {
+	if s.e.poller != nil {
+		s.clientTCP.parked = true
+		s.backendTCP.parked = true
+	}
+	go s.up.run()
+	go s.down.run()
+}
+
+func (p *pump) run() {
+	s := p.s
+	s.e.busyPumps.Add(1)
+	defer s.e.busyPumps.Add(-1)
+	bp := s.e.bufs.Get().(*[bufSize]byte)
+	for {
+		n, err := p.src.Read(bp[:])
+		if n > 0 {
+			s.lastActive.Store(time.Now().UnixNano())
+			if werr := p.write(bp[:n]); werr != nil {
+				s.e.bufs.Put(bp)
+				s.close("write failed", werr)
+				return
+			}
+		}
+		if err == nil {
+			continue
+		}
+		s.e.bufs.Put(bp)
+		if isWouldBlock(err) {
+			p.park()
+			return
+		}
+		p.end(err)
+		return
+	}
+}
+
+func (p *pump) write(b []byte) error {
+	p.dstTCP.SetWriteDeadline(time.Now().Add(p.s.e.cfg.IdleTimeout))
+	n, err := p.dst.Write(b)
+	p.bytes.Add(uint64(n))
+	return err
+}
+
+// park waits for the source socket to become readable again.
+func (p *pump) park() {
+	s := p.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return
+	}
+	var err error
+	if p.registered {
+		err = s.e.poller.rearm(p.srcTCP.fd, p.tok)
+	} else if p.tok, err = s.e.poller.add(p.srcTCP.fd, p.runFunc); err == nil {
+		p.registered = true
+	}
+	if err != nil {
+		go s.close("park failed", err)
+	}
+}
+
+// end handles the source's end of stream or a read error.
+func (p *pump) end(err error) {
+	s := p.s
+	if !errors.Is(err, io.EOF) {
+		s.close("read failed", err)
+		return
+	}
+	// Pass the half-close on (RFC 8446 §6.1 close_notify, then TCP FIN) and
+	// let the other direction drain; IMAP and SMTP servers close right after.
+	p.ended.Store(true)
+	if p.dstTLS != nil {
+		p.dstTLS.SetWriteDeadline(time.Now().Add(time.Second))
+		_ = p.dstTLS.CloseWrite()
+	}
+	_ = p.dstTCP.CloseWrite()
+	if s.up.ended.Load() && s.down.ended.Load() {
+		s.close("closed", nil)
+		return
+	}
+	s.halfClosed.CompareAndSwap(0, time.Now().UnixNano())
+}
+
+// close ends the session once; later calls do nothing.
+func (s *session) close(reason string, err error) {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return
+	}
+	s.closed = true
+	for _, p := range [...]*pump{&s.up, &s.down} {
+		if p.registered {
+			s.e.poller.remove(p.srcTCP.fd, p.tok)
+			p.registered = false
+		}
+	}
+	s.mu.Unlock()
+
+	s.e.forgetSession(s)
+	// Bound the close_notify write: a client that stopped reading must not
+	// hold this goroutine.
+	s.client.SetWriteDeadline(time.Now().Add(time.Second))
+	_ = s.client.Close()
+	_ = s.backend.Close()
+	s.l.stats.active.Add(-1)
+	s.e.activeConns.Add(-1)
+
+	fields := []zap.Field{
+		zap.Uint64("conn", s.id), zap.String("route", s.route.String()),
+		zap.String("reason", reason), zap.Duration("duration", time.Since(s.started)),
+	}
+	if err != nil && !isClosedConnError(err) {
+		fields = append(fields, zap.Error(err))
+	}
+	s.e.log.Debug("session closed", fields...)
+}
+
+// expired reports whether the sweeper should close the session.
+func (s *session) expired(now int64) (bool, string) {
+	if hc := s.halfClosed.Load(); hc != 0 && now-hc > int64(s.e.cfg.LingerTimeout) {
+		return true, "half-closed too long"
+	}
+	if now-s.lastActive.Load() > int64(s.e.cfg.IdleTimeout) {
+		return true, "idle timeout"
+	}
+	return false, ""
+}
+
+func isClosedConnError(err error) bool {
+	return errors.Is(err, net.ErrClosed) || errors.Is(err, io.EOF)
+}

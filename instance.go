@@ -1,0 +1,189 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"chatmail-edge/edge"
+	"chatmail-edge/web"
+
+	"go.uber.org/zap"
+)
+
+// instanceConfig is what demo and serve have in common once their own
+// settings are resolved.
+type instanceConfig struct {
+	Domain     string
+	PublicName string // ECH public_name; "" is Domain
+	StateDir   string
+	Edge       edge.Config
+	HTTPAddr   string // plain HTTP listener; "" for none
+	HTTPSPort  int    // the public HTTPS port, for redirects and URLs
+	GetCert    func(*tls.ClientHelloInfo) (*tls.Certificate, error)
+	// Backends builds the mail backends with the edge's dialer.
+	Backends   func(dial func(context.Context, string, string) (net.Conn, error)) (edge.Backends, error)
+	NewAccount func() (string, string, error)
+}
+
+// instance is a running edge with its web servers.
+type instance struct {
+	cfg     instanceConfig
+	log     *zap.Logger
+	edge    *edge.Edge
+	web     *web.Server
+	https   *http.Server
+	http    *http.Server
+	httpLn  net.Listener
+	echKeys atomic.Pointer[edge.ECHKeySet]
+	stop    chan struct{}
+	wg      sync.WaitGroup
+}
+
+// echKeyCheckInterval is how often the ECH folder is re-read, so that
+// `chatmail-edge ech rotate` takes effect without a restart.
+const echKeyCheckInterval = 30 * time.Second
+
+func startInstance(cfg instanceConfig, log *zap.Logger) (*instance, error) {
+	if cfg.PublicName == "" {
+		cfg.PublicName = cfg.Domain
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create state folder: %w", err)
+	}
+	in := &instance{cfg: cfg, log: log, stop: make(chan struct{})}
+
+	names := []string{cfg.Domain, "www." + cfg.Domain, "mta-sts." + cfg.Domain, "autoconfig." + cfg.Domain, cfg.PublicName}
+	keys, created, err := edge.EnsureECHKeys(echDir(cfg.StateDir), cfg.PublicName, edge.MaxNameLength(names...), time.Now())
+	if err != nil {
+		return nil, fmt.Errorf("ECH keys: %w", err)
+	}
+	if created {
+		log.Info("created the first ECH key", zap.String("dir", echDir(cfg.StateDir)), zap.String("public_name", cfg.PublicName))
+	}
+
+	cfg.Edge.TicketKeyFile = filepath.Join(cfg.StateDir, "tls-ticket-keys")
+	e, err := edge.New(cfg.Edge, log.Named("edge"), cfg.GetCert)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", errConfig, err)
+	}
+	in.edge = e
+	in.setECHKeys(keys)
+	backends, err := cfg.Backends(e.DialBackend)
+	if err != nil {
+		return nil, fmt.Errorf("%w: mail backends: %v", errConfig, err)
+	}
+	e.SetBackends(backends)
+
+	if cfg.HTTPAddr != "" {
+		if in.httpLn, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
+			return nil, fmt.Errorf("listen http on %s: %w", cfg.HTTPAddr, err)
+		}
+	}
+	if err := e.Start(); err != nil {
+		if in.httpLn != nil {
+			in.httpLn.Close()
+		}
+		return nil, err
+	}
+	if cfg.HTTPSPort == 0 { // port 0 in tests: use what the listener got
+		cfg.HTTPSPort = e.Addr("https").(*net.TCPAddr).Port
+		in.cfg.HTTPSPort = cfg.HTTPSPort
+	}
+	in.web = web.New(web.Config{Domain: cfg.Domain, HTTPSPort: cfg.HTTPSPort}, web.Deps{
+		Log:           log.Named("web"),
+		ECHConfigList: func() []byte { return in.echKeys.Load().ConfigList() },
+		NewAccount:    cfg.NewAccount,
+	})
+	in.https = web.NewHTTPServer(in.web.Handler(), log, e.HTTPConnState)
+	in.serve(in.https, e.HTTPListener())
+	if in.httpLn != nil {
+		in.http = web.NewHTTPServer(in.web.RedirectHandler(), log, nil)
+		in.serve(in.http, in.httpLn)
+	}
+	in.wg.Go(in.watchECHKeys)
+	return in, nil
+}
+
+func (in *instance) serve(srv *http.Server, ln net.Listener) {
+	in.wg.Go(func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
+			in.log.Error("web server stopped", zap.Error(err))
+		}
+	})
+}
+
+func (in *instance) setECHKeys(set *edge.ECHKeySet) {
+	in.echKeys.Store(set)
+	cur := set.Current()
+	in.edge.SetECHKeys(set.TLSKeys(), cur.Parsed().ConfigID)
+}
+
+// watchECHKeys re-reads the ECH folder. A folder that became unreadable or
+// holds a bad file is logged and the keys in use are kept: clients depend on
+// them.
+func (in *instance) watchECHKeys() {
+	t := time.NewTicker(echKeyCheckInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-in.stop:
+			return
+		case <-t.C:
+			in.reloadECHKeys()
+		}
+	}
+}
+
+func (in *instance) reloadECHKeys() {
+	dir := echDir(in.cfg.StateDir)
+	set, err := edge.LoadECHKeys(dir)
+	if err == nil && set.Current() == nil {
+		err = errors.New("no keys left")
+	}
+	if err != nil {
+		in.log.Error("ECH keys unreadable, keeping the keys in use", zap.String("dir", dir), zap.Error(err))
+		return
+	}
+	if sameKeys(set, in.echKeys.Load()) {
+		return
+	}
+	in.setECHKeys(set)
+	in.log.Info("ECH keys changed", zap.Uint8("current_config_id", set.Current().Parsed().ConfigID), zap.Int("keys", len(set.Keys)))
+}
+
+func sameKeys(a, b *edge.ECHKeySet) bool {
+	if len(a.Keys) != len(b.Keys) {
+		return false
+	}
+	for i := range a.Keys {
+		if !bytes.Equal(a.Keys[i].Config, b.Keys[i].Config) {
+			return false
+		}
+	}
+	return true
+}
+
+// shutdown stops accepting, closes the edge's connections and gives HTTP
+// requests in flight a few seconds.
+func (in *instance) shutdown() {
+	close(in.stop)
+	in.edge.Shutdown()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for _, srv := range []*http.Server{in.https, in.http} {
+		if srv != nil {
+			srv.Shutdown(ctx)
+		}
+	}
+	in.wg.Wait()
+}

@@ -1,0 +1,42 @@
+package ini
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestParseChatmailStyle(t *testing.T) {
+	src := "\ufeff# comment\n[params]\nmail_domain = chat.example.org\nmax_message_size=31457280\n; other comment\npassthrough_recipients =\n    a@b.example\n    c@d.example\n[other]\nkey: value\n"
+	f, err := Parse("chatmail.ini", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := f.Get("params", "mail_domain"); v == nil || v.Value != "chat.example.org" || v.Line != 3 {
+		t.Fatalf("mail_domain = %+v", v)
+	}
+	if v := f.Get("params", "passthrough_recipients"); v == nil || v.Value != "a@b.example\nc@d.example" {
+		t.Fatalf("continuation = %+v", v)
+	}
+	if v := f.Get("other", "key"); v == nil || v.Value != "value" {
+		t.Fatalf("colon form = %+v", v)
+	}
+	if f.Get("params", "missing") != nil || f.Get("missing", "x") != nil {
+		t.Fatal("found what is not there")
+	}
+}
+
+func TestParseErrorsNameFileAndLine(t *testing.T) {
+	cases := map[string]string{
+		"[a]\nx = 1\nx = 2\n": "f.ini:3: key \"x\" already set on line 2",
+		"[a]\njust words\n":   "f.ini:2: expected",
+		"[a\n":                "f.ini:1: malformed section header",
+		"  indented first\n":  "f.ini:1: indented line",
+		"[a]\n[b]\n[a]\n":     "f.ini:3: section [a] appears twice",
+	}
+	for src, want := range cases {
+		_, err := Parse("f.ini", []byte(src))
+		if err == nil || !strings.HasPrefix(err.Error(), want) {
+			t.Errorf("%q: got %v, want %q...", src, err, want)
+		}
+	}
+}
