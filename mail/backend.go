@@ -1,0 +1,223 @@
+package mail
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+)
+
+// Mode is how the edge reaches a mail daemon.
+type Mode string
+
+const (
+	// ModeTLS dials the daemon's implicit-TLS port (993, 465) and encrypts
+	// again. It needs no change to Dovecot or Postfix, so it is the default,
+	// but the daemon sees every client as the edge's loopback address.
+	ModeTLS Mode = "tls"
+	// ModeProxy dials a plaintext loopback port of the daemon and sends a
+	// PROXY v2 header first (Dovecot `haproxy = yes`, Postfix
+	// `smtpd_upstream_proxy_protocol = haproxy`), so the daemon sees the
+	// real client address and, for Dovecot, that the client used TLS.
+	ModeProxy Mode = "proxy"
+)
+
+const (
+	DefaultDialTimeout  = 5 * time.Second
+	DefaultProbeTimeout = 15 * time.Second // a whole probe, when the caller's context has no deadline
+
+	// probeHeloHost is the name a probe gives in EHLO; it only talks to the
+	// relay's own Postfix over loopback.
+	probeHeloHost = "localhost"
+	// sessionCacheSize bounds the TLS sessions kept for resumption; one
+	// backend address needs only a few.
+	sessionCacheSize = 32
+)
+
+// BackendConfig says how to reach one mail daemon.
+type BackendConfig struct {
+	Protocol      Protocol
+	Mode          Mode          // "" means ModeTLS
+	Address       string        // host:port
+	DialTimeout   time.Duration // connect, plus PROXY header or TLS handshake; default DefaultDialTimeout
+	TLSServerName string        // tls mode: name to send as SNI and to verify; default the host of Address
+	TLSVerify     bool          // tls mode: verify the daemon's certificate (default false: loopback daemon, self-signed relays)
+	RootCAs       *x509.CertPool
+	// Dial connects to the daemon; the edge passes its own dialer that wraps
+	// the TCP conn. It must give up when ctx is done. Default: net.Dialer.
+	Dial func(ctx context.Context, network, address string) (net.Conn, error)
+}
+
+// Backend dials one mail daemon. It is safe for concurrent use.
+type Backend struct {
+	cfg       BackendConfig
+	tlsConfig *tls.Config // tls mode; holds the shared session cache
+}
+
+// ProbeResult is the outcome of Backend.Probe.
+type ProbeResult struct {
+	Protocol    Protocol
+	Mode        Mode
+	Address     string
+	DialLatency time.Duration // connect, plus the TLS handshake in tls mode
+	CheckResult
+}
+
+// NewBackend checks cfg and fills in its defaults.
+func NewBackend(cfg BackendConfig) (*Backend, error) {
+	if cfg.Protocol != IMAP && cfg.Protocol != SMTP {
+		return nil, fmt.Errorf("mail backend: unknown protocol %v", cfg.Protocol)
+	}
+	if cfg.Mode == "" {
+		cfg.Mode = ModeTLS
+	}
+	if cfg.Mode != ModeTLS && cfg.Mode != ModeProxy {
+		return nil, fmt.Errorf("%v backend: unknown mode %q (want %q or %q)", cfg.Protocol, cfg.Mode, ModeTLS, ModeProxy)
+	}
+	host, port, err := net.SplitHostPort(cfg.Address)
+	if err == nil && (host == "" || port == "") {
+		err = errors.New("host and port are both needed")
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%v backend: address %q: %w", cfg.Protocol, cfg.Address, err)
+	}
+	if cfg.DialTimeout < 0 {
+		return nil, fmt.Errorf("%v backend: negative dial timeout %v", cfg.Protocol, cfg.DialTimeout)
+	}
+	if cfg.DialTimeout == 0 {
+		cfg.DialTimeout = DefaultDialTimeout
+	}
+	if cfg.TLSServerName == "" {
+		cfg.TLSServerName = host
+	}
+	if cfg.Dial == nil {
+		cfg.Dial = (&net.Dialer{}).DialContext
+	}
+
+	b := &Backend{cfg: cfg}
+	if cfg.Mode == ModeTLS {
+		b.tlsConfig = &tls.Config{
+			MinVersion:         tls.VersionTLS13,
+			ServerName:         cfg.TLSServerName,
+			InsecureSkipVerify: !cfg.TLSVerify,
+			RootCAs:            cfg.RootCAs,
+			// Shared by every connection, so that re-encryption resumes
+			// (RFC 8446 §2.2) instead of paying a full handshake each time.
+			ClientSessionCache: tls.NewLRUClientSessionCache(sessionCacheSize),
+		}
+	}
+	return b, nil
+}
+
+// Config returns the configuration with its defaults filled in.
+func (b *Backend) Config() BackendConfig { return b.cfg }
+
+func (b *Backend) String() string {
+	return fmt.Sprintf("%v backend %s (%s)", b.cfg.Protocol, b.cfg.Address, b.cfg.Mode)
+}
+
+// Dial connects to the daemon for the client described by info: in proxy
+// mode the returned connection has already sent the PROXY v2 header, in tls
+// mode it is a *tls.Conn after a completed handshake. Dial gives up after
+// DialTimeout at the latest.
+func (b *Backend) Dial(ctx context.Context, info ClientInfo) (net.Conn, error) {
+	var header []byte
+	if b.cfg.Mode == ModeProxy {
+		header = AppendProxyV2(make([]byte, 0, maxProxyV2Len), info)
+	}
+	conn, err := b.connect(ctx, header)
+	if err != nil {
+		return nil, fmt.Errorf("dial %v: %w", b, err)
+	}
+	return conn, nil
+}
+
+// Probe checks that the daemon answers: it connects (in proxy mode with a
+// LOCAL header, which both daemons accept for health checks), then runs
+// CheckIMAP or CheckSMTP without credentials. When ctx has no deadline the
+// probe is bounded by DefaultProbeTimeout.
+func (b *Backend) Probe(ctx context.Context) (ProbeResult, error) {
+	res := ProbeResult{Protocol: b.cfg.Protocol, Mode: b.cfg.Mode, Address: b.cfg.Address}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, DefaultProbeTimeout)
+		defer cancel()
+	}
+
+	var header []byte
+	if b.cfg.Mode == ModeProxy {
+		header = AppendProxyV2Local(nil)
+	}
+	start := time.Now()
+	conn, err := b.connect(ctx, header)
+	if err != nil {
+		return res, fmt.Errorf("probe %v: dial: %w", b, err)
+	}
+	res.DialLatency = time.Since(start)
+
+	switch b.cfg.Protocol {
+	case IMAP:
+		res.CheckResult, err = CheckIMAP(ctx, conn, nil)
+	case SMTP:
+		res.CheckResult, err = CheckSMTP(ctx, conn, probeHeloHost, nil)
+	}
+	if err != nil {
+		return res, fmt.Errorf("probe %v: %w", b, err)
+	}
+	return res, nil
+}
+
+// connect dials, then sends header (proxy mode) or completes the TLS
+// handshake (tls mode), all within DialTimeout.
+func (b *Backend) connect(ctx context.Context, header []byte) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, b.cfg.DialTimeout)
+	defer cancel()
+
+	conn, err := b.cfg.Dial(ctx, "tcp", b.cfg.Address)
+	if err != nil {
+		return nil, withContextErr(ctx, err)
+	}
+	// The deadline bounds the header write and the handshake even where a
+	// wrapped conn would not notice ctx.
+	deadline, _ := ctx.Deadline()
+	err = conn.SetDeadline(deadline)
+	if err == nil {
+		if b.cfg.Mode == ModeProxy {
+			// One write: the header must be sent at once
+			// (proxy-protocol.txt §2.2).
+			_, err = conn.Write(header)
+		} else {
+			tlsConn := tls.Client(conn, b.tlsConfig)
+			err = tlsConn.HandshakeContext(ctx)
+			conn = tlsConn
+		}
+	}
+	if err == nil {
+		err = conn.SetDeadline(time.Time{})
+	}
+	if err != nil {
+		conn.Close()
+		return nil, withContextErr(ctx, err)
+	}
+	return conn, nil
+}
+
+// withContextErr adds ctx's error to err when ctx is done, so that a timeout
+// reads as "context deadline exceeded" rather than only as the I/O error it
+// caused, and errors.Is finds both. A conn deadline set to ctx's deadline
+// may fire a moment before ctx itself reports it, and go-imap flattens the
+// I/O error into text, so an error once the deadline has passed counts as
+// ctx's.
+func withContextErr(ctx context.Context, err error) error {
+	ctxErr := ctx.Err()
+	if d, ok := ctx.Deadline(); ok && ctxErr == nil && !time.Now().Before(d) {
+		ctxErr = context.DeadlineExceeded
+	}
+	if ctxErr == nil || errors.Is(err, ctxErr) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", ctxErr, err)
+}

@@ -1,0 +1,239 @@
+package mail
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"net"
+	"net/netip"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/pires/go-proxyproto"
+)
+
+func newTestBackend(t *testing.T, cfg BackendConfig) *Backend {
+	t.Helper()
+	b, err := NewBackend(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// check runs the protocol check of b's protocol on conn.
+func check(ctx context.Context, p Protocol, conn net.Conn, creds *Credentials) (CheckResult, error) {
+	if p == IMAP {
+		return CheckIMAP(ctx, conn, creds)
+	}
+	return CheckSMTP(ctx, conn, "edge.test", creds)
+}
+
+func TestNewBackend(t *testing.T) {
+	b := newTestBackend(t, BackendConfig{Protocol: IMAP, Address: "127.0.0.1:993"})
+	cfg := b.Config()
+	if cfg.Mode != ModeTLS || cfg.DialTimeout != DefaultDialTimeout || cfg.TLSServerName != "127.0.0.1" || cfg.Dial == nil {
+		t.Errorf("defaults not filled in: %+v", cfg)
+	}
+
+	bad := []BackendConfig{
+		{Address: "127.0.0.1:993"},
+		{Protocol: SMTP, Mode: "starttls", Address: "127.0.0.1:465"},
+		{Protocol: SMTP, Address: "127.0.0.1"},
+		{Protocol: SMTP, Address: ":465"},
+		{Protocol: SMTP, Address: "localhost:"},
+		{Protocol: IMAP, Address: "127.0.0.1:993", DialTimeout: -time.Second},
+	}
+	for _, cfg := range bad {
+		if _, err := NewBackend(cfg); err == nil {
+			t.Errorf("NewBackend(%+v) accepted it", cfg)
+		}
+	}
+}
+
+func TestBackendProxyMode(t *testing.T) {
+	daemons := startTestDaemons(t, requireProxyHeader)
+	info := ClientInfo{
+		Source:      netip.MustParseAddrPort("203.0.113.7:50123"),
+		Destination: netip.MustParseAddrPort("192.0.2.1:993"),
+		TLSVersion:  tls.VersionTLS13, CipherSuite: tls.TLS_CHACHA20_POLY1305_SHA256,
+		ServerName: "mail.example.org", ALPN: "imap",
+	}
+	email, password, err := daemons.delivery.CreateAccount()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []Protocol{IMAP, SMTP} {
+		t.Run(p.String(), func(t *testing.T) {
+			addr := map[Protocol]string{IMAP: daemons.imapAddr, SMTP: daemons.smtpAddr}[p]
+			b := newTestBackend(t, BackendConfig{Protocol: p, Mode: ModeProxy, Address: addr})
+			ctx := testContext(t, 10*time.Second)
+			conn, err := b.Dial(ctx, info)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The daemon serves a login after the header, so it read exactly the header.
+			res, err := check(ctx, p, conn, &Credentials{email, password})
+			if err != nil || !res.LoggedIn {
+				t.Fatalf("check through the backend: %+v, %v", res, err)
+			}
+
+			got := headerFields(t, daemons.nextHeader(t))
+			if got.command != proxyproto.PROXY || got.source != info.Source || got.destination != info.Destination {
+				t.Errorf("daemon saw %v %v -> %v, want PROXY %v -> %v", got.command, got.source, got.destination, info.Source, info.Destination)
+			}
+			if got.ssl == nil || !got.ssl.ClientSSL() {
+				t.Fatalf("daemon saw no SSL TLV with PP2_CLIENT_SSL: %+v", got.ssl)
+			}
+			if version, cipher, _ := sslFields(got.ssl); version != "TLSv1.3" || cipher != "TLS_CHACHA20_POLY1305_SHA256" {
+				t.Errorf("daemon saw TLS %q %q", version, cipher)
+			}
+			if got.authority != info.ServerName || got.alpn != info.ALPN {
+				t.Errorf("daemon saw SNI %q ALPN %q", got.authority, got.alpn)
+			}
+		})
+	}
+}
+
+func TestBackendTLSMode(t *testing.T) {
+	cert, roots := newTestCert(t, "mail.example.org")
+	daemons := startTestDaemons(t, implicitTLS(cert))
+	for _, p := range []Protocol{IMAP, SMTP} {
+		t.Run(p.String(), func(t *testing.T) {
+			addr := map[Protocol]string{IMAP: daemons.imapAddr, SMTP: daemons.smtpAddr}[p]
+			b := newTestBackend(t, BackendConfig{
+				Protocol: p, Address: addr,
+				TLSServerName: "mail.example.org", TLSVerify: true, RootCAs: roots,
+			})
+			ctx := testContext(t, 10*time.Second)
+			for i, wantResumed := range []bool{false, true} {
+				conn, err := b.Dial(ctx, ClientInfo{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				state := conn.(*tls.Conn).ConnectionState()
+				if state.Version != tls.VersionTLS13 || state.DidResume != wantResumed {
+					t.Errorf("connection %d: version %#x resumed %v, want TLS 1.3 resumed %v", i, state.Version, state.DidResume, wantResumed)
+				}
+				// Reading the greeting also takes in the session ticket.
+				if _, err := check(ctx, p, conn, nil); err != nil {
+					t.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+func TestBackendTLSVerify(t *testing.T) {
+	cert, roots := newTestCert(t, "mail.example.org")
+	daemons := startTestDaemons(t, implicitTLS(cert))
+	tests := []struct {
+		name string
+		cfg  BackendConfig
+		want string // in the error; "" for success
+	}{
+		{"self-signed, not verified", BackendConfig{}, ""},
+		{"wrong name", BackendConfig{TLSServerName: "other.example.org", TLSVerify: true, RootCAs: roots}, "certificate is valid for mail.example.org"},
+		{"unknown authority", BackendConfig{TLSServerName: "mail.example.org", TLSVerify: true}, "certificate signed by unknown authority"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.cfg.Protocol, tt.cfg.Address = IMAP, daemons.imapAddr
+			conn, err := newTestBackend(t, tt.cfg).Dial(testContext(t, 10*time.Second), ClientInfo{})
+			if err == nil {
+				conn.Close()
+			}
+			if tt.want == "" && err != nil || tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)) {
+				t.Errorf("Dial error %v, want %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestBackendDialDeadAddress(t *testing.T) {
+	ln := listenLoopback(t)
+	addr := ln.Addr().String()
+	ln.Close()
+	for _, mode := range []Mode{ModeProxy, ModeTLS} {
+		b := newTestBackend(t, BackendConfig{Protocol: IMAP, Mode: mode, Address: addr})
+		_, err := b.Dial(testContext(t, 10*time.Second), ClientInfo{})
+		if !errors.Is(err, syscall.ECONNREFUSED) {
+			t.Errorf("%s: error %v, want connection refused", mode, err)
+		}
+		if want := "dial imap backend " + addr + " (" + string(mode) + "): "; err == nil || !strings.HasPrefix(err.Error(), want) {
+			t.Errorf("%s: error %q does not start with %q", mode, err, want)
+		}
+	}
+}
+
+func TestBackendDialTimesOutOnSilentTLS(t *testing.T) {
+	b := newTestBackend(t, BackendConfig{Protocol: SMTP, Address: scriptedServer(t, nil), DialTimeout: 200 * time.Millisecond})
+	outer := testContext(t, time.Minute)
+	_, err := b.Dial(outer, ClientInfo{})
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("error %v, want the dial timeout", err)
+	}
+	if outer.Err() != nil {
+		t.Error("Dial returned only when the caller's context ended, not after DialTimeout")
+	}
+}
+
+func TestBackendCustomDial(t *testing.T) {
+	daemons := startTestDaemons(t, requireProxyHeader)
+	var dialed []string
+	b := newTestBackend(t, BackendConfig{
+		Protocol: IMAP, Mode: ModeProxy, Address: daemons.imapAddr,
+		Dial: func(ctx context.Context, network, address string) (net.Conn, error) {
+			dialed = append(dialed, network+" "+address)
+			return (&net.Dialer{}).DialContext(ctx, network, address)
+		},
+	})
+	if _, err := b.Probe(testContext(t, 10*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(dialed, []string{"tcp " + daemons.imapAddr}) {
+		t.Errorf("custom Dial called with %q", dialed)
+	}
+}
+
+func TestBackendProbe(t *testing.T) {
+	cert, _ := newTestCert(t, "mail.example.org")
+	proxied := startTestDaemons(t, requireProxyHeader)
+	encrypted := startTestDaemons(t, implicitTLS(cert))
+	tests := []struct {
+		mode     Mode
+		daemons  *testDaemons
+		protocol Protocol
+		greeting string
+		cap      string
+	}{
+		{ModeProxy, proxied, IMAP, "* OK ", "AUTH=PLAIN"},
+		{ModeProxy, proxied, SMTP, "220 example.org ESMTP", "AUTH PLAIN"},
+		{ModeTLS, encrypted, IMAP, "* OK ", "IMAP4rev2"},
+		{ModeTLS, encrypted, SMTP, "220 example.org ESMTP", "SIZE 31457280"},
+	}
+	for _, tt := range tests {
+		t.Run(string(tt.mode)+"/"+tt.protocol.String(), func(t *testing.T) {
+			addr := map[Protocol]string{IMAP: tt.daemons.imapAddr, SMTP: tt.daemons.smtpAddr}[tt.protocol]
+			b := newTestBackend(t, BackendConfig{Protocol: tt.protocol, Mode: tt.mode, Address: addr})
+			res, err := b.Probe(t.Context())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !strings.HasPrefix(res.Greeting, tt.greeting) || !slices.Contains(res.Capabilities, tt.cap) {
+				t.Errorf("greeting %q capabilities %q, want %q... and %q", res.Greeting, res.Capabilities, tt.greeting, tt.cap)
+			}
+			if res.DialLatency <= 0 || res.Latency <= 0 || res.LoggedIn || res.Address != addr {
+				t.Errorf("result %+v", res)
+			}
+			if tt.mode == ModeProxy {
+				if h := tt.daemons.nextHeader(t); h.Command != proxyproto.LOCAL {
+					t.Errorf("probe sent a %v header, want LOCAL", h.Command)
+				}
+			}
+		})
+	}
+}

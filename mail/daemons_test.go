@@ -1,0 +1,183 @@
+package mail
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"math/big"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/pires/go-proxyproto"
+	"go.uber.org/zap/zaptest"
+)
+
+// testDaemons stands in for Dovecot and Postfix in the backend tests: the
+// local delivery's go-imap and go-smtp servers, served on listeners the test
+// chooses (PROXY v2 required, or implicit TLS).
+type testDaemons struct {
+	delivery           *LocalDelivery
+	imapAddr, smtpAddr string
+	headers            chan *proxyproto.Header // PROXY headers received, in order
+}
+
+func startTestDaemons(t *testing.T, wrap func(net.Listener) net.Listener) *testDaemons {
+	t.Helper()
+	d := &testDaemons{
+		delivery: NewLocalDelivery("example.org", zaptest.NewLogger(t)),
+		headers:  make(chan *proxyproto.Header, 16),
+	}
+	d.delivery.listen = func() (net.Listener, error) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		return &recordingListener{Listener: wrap(ln), headers: d.headers}, nil
+	}
+	if err := d.delivery.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := d.delivery.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	d.imapAddr, d.smtpAddr = d.delivery.IMAPAddr(), d.delivery.SMTPAddr()
+	return d
+}
+
+// nextHeader returns the next PROXY header a daemon received.
+func (d *testDaemons) nextHeader(t *testing.T) *proxyproto.Header {
+	t.Helper()
+	select {
+	case h := <-d.headers:
+		if h == nil {
+			t.Fatal("a connection came without a readable PROXY header")
+		}
+		return h
+	case <-time.After(10 * time.Second):
+		t.Fatal("no PROXY header received")
+		return nil
+	}
+}
+
+func listenLoopback(t *testing.T) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return ln
+}
+
+// requireProxyHeader makes a listener strict as a haproxy=yes Dovecot port:
+// every connection must start with a PROXY header.
+func requireProxyHeader(ln net.Listener) net.Listener {
+	return &proxyproto.Listener{
+		Listener: ln,
+		ConnPolicy: func(proxyproto.ConnPolicyOptions) (proxyproto.Policy, error) {
+			return proxyproto.REQUIRE, nil
+		},
+		ReadHeaderTimeout: 5 * time.Second,
+	}
+}
+
+// recordingListener passes on the PROXY header of each connection, once the
+// server has read it.
+type recordingListener struct {
+	net.Listener
+	headers chan<- *proxyproto.Header
+}
+
+func (l *recordingListener) Accept() (net.Conn, error) {
+	conn, err := l.Listener.Accept()
+	if pc, ok := conn.(*proxyproto.Conn); ok {
+		go func() { l.headers <- pc.ProxyHeader() }()
+	}
+	return conn, err
+}
+
+// newTestCert makes a self-signed certificate for names and a pool that
+// trusts it.
+func newTestCert(t *testing.T, names ...string) (tls.Certificate, *x509.CertPool) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	template := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: names[0]},
+		DNSNames:              names,
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(time.Hour),
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, template, template, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(leaf)
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, pool
+}
+
+// implicitTLS wraps listeners as a daemon's 993/465 port with cert.
+func implicitTLS(cert tls.Certificate) func(net.Listener) net.Listener {
+	return func(ln net.Listener) net.Listener {
+		return tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}})
+	}
+}
+
+// scriptedServer accepts connections, sends each the greeting (nothing when
+// nil, like a hung daemon) and then stays silent.
+func scriptedServer(t *testing.T, greeting []byte) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conns []net.Conn
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns = append(conns, conn)
+			conn.Write(greeting)
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		<-done
+		for _, conn := range conns {
+			conn.Close()
+		}
+	})
+	return ln.Addr().String()
+}
+
+// testContext is a context for one test step, bounded so that a hang fails
+// the test instead of stalling it.
+func testContext(t *testing.T, timeout time.Duration) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), timeout)
+	t.Cleanup(cancel)
+	return ctx
+}
