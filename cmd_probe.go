@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -70,7 +71,7 @@ func parseInterleaved(fs interface {
 	var positional []string
 	for {
 		if err := fs.Parse(args); err != nil {
-			if errors.Is(err, errHelp) {
+			if errors.Is(err, flag.ErrHelp) {
 				return nil, err
 			}
 			return nil, fmt.Errorf("%w: %v", errUsage, err)

@@ -46,6 +46,7 @@ type instance struct {
 	httpLn  net.Listener
 	echKeys atomic.Pointer[edge.ECHKeySet]
 	stop    chan struct{}
+	stopped sync.Once
 	wg      sync.WaitGroup
 }
 
@@ -176,14 +177,16 @@ func sameKeys(a, b *edge.ECHKeySet) bool {
 // shutdown stops accepting, closes the edge's connections and gives HTTP
 // requests in flight a few seconds.
 func (in *instance) shutdown() {
-	close(in.stop)
-	in.edge.Shutdown()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	for _, srv := range []*http.Server{in.https, in.http} {
-		if srv != nil {
-			srv.Shutdown(ctx)
+	in.stopped.Do(func() {
+		close(in.stop)
+		in.edge.Shutdown()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		for _, srv := range []*http.Server{in.https, in.http} {
+			if srv != nil {
+				srv.Shutdown(ctx)
+			}
 		}
-	}
-	in.wg.Wait()
+		in.wg.Wait()
+	})
 }

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -76,8 +77,8 @@ func TestDemoProcessContract(t *testing.T) {
 	// The printed probe command, run as printed.
 	var probeArgs []string
 	for _, line := range banner {
-		if f := strings.Fields(line); len(f) > 3 && f[2] == "probe" {
-			probeArgs = f[3:]
+		if f := strings.Fields(line); slices.Contains(f, "--ca") {
+			probeArgs = f[slices.Index(f, "probe")+1:]
 		}
 	}
 	if probeArgs == nil {
@@ -180,5 +181,17 @@ func TestOriginSVCBMatchesECHShow(t *testing.T) {
 	}
 	if _, err := base64.StdEncoding.DecodeString(doc.Endpoints[0].Params.ECH); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestConfigDocIsCurrent keeps docs/CONFIG.md equal to `config describe`.
+// Run `go run . config describe > docs/CONFIG.md.part` and paste it after a change.
+func TestConfigDocIsCurrent(t *testing.T) {
+	doc, err := os.ReadFile("docs/CONFIG.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(doc), "```ini\n"+describeConfig()+"```\n") {
+		t.Fatal("docs/CONFIG.md is out of date: paste the output of `go run . config describe` into its ini block")
 	}
 }

@@ -83,7 +83,7 @@ func GenerateECHKey(publicName string, maxNameLen uint8, configID uint8, now tim
 	return &ECHKey{
 		Config:     config.Marshal(),
 		PrivateKey: priv.Bytes(),
-		Created:    now.UTC().Truncate(time.Second),
+		Created:    now.UTC().Truncate(time.Millisecond),
 	}, nil
 }
 

@@ -122,7 +122,7 @@ func RotateECHKey(dir, publicName string, maxNameLen uint8, now time.Time) (*ECH
 	var set *ECHKeySet
 	err := withLockedECHDir(dir, func(locked *ECHKeySet) error {
 		// The new key must sort first, or it would never be published.
-		if cur := locked.Current(); cur != nil && !now.Truncate(time.Second).After(cur.Created) {
+		if cur := locked.Current(); cur != nil && !now.Truncate(time.Millisecond).After(cur.Created) {
 			return fmt.Errorf("now (%s) is not after the current key's creation (%s)", now.UTC().Format(time.RFC3339), cur.Created.Format(time.RFC3339))
 		}
 		var err error
@@ -231,7 +231,7 @@ func encodeECHKeyFile(k *ECHKey) ([]byte, error) {
 	fmt.Fprintf(&b, "# chatmail-edge ECH key (RFC 9934). Keep this file secret.\n")
 	fmt.Fprintf(&b, "# config_id: 0x%02x\n", k.ConfigID())
 	fmt.Fprintf(&b, "# public_name: %s\n", k.PublicName())
-	fmt.Fprintf(&b, "# created: %s\n", k.Created.UTC().Format(time.RFC3339))
+	fmt.Fprintf(&b, "# created: %s\n", k.Created.UTC().Format(createdLayout))
 	b.Write(blocks)
 	return b.Bytes(), nil
 }
@@ -313,7 +313,7 @@ func decodeECHKeyFile(f *os.File) (*ECHKey, error) {
 		return nil, err
 	}
 	if created.IsZero() {
-		created = info.ModTime().UTC().Truncate(time.Second)
+		created = info.ModTime().UTC().Truncate(time.Millisecond)
 	}
 	return &ECHKey{Config: config, PrivateKey: priv, Created: created}, nil
 }
@@ -345,3 +345,7 @@ func syncDir(dir string) error {
 	defer d.Close()
 	return d.Sync()
 }
+
+// createdLayout is RFC 3339 with milliseconds, so that a key rotated soon
+// after the previous one still sorts after it once read back.
+const createdLayout = "2006-01-02T15:04:05.000Z07:00"

@@ -121,7 +121,7 @@ func TestECHKeyFileFormat(t *testing.T) {
 		"# chatmail-edge ECH key (RFC 9934). Keep this file secret.\n",
 		fmt.Sprintf("# config_id: 0x%02x\n", k.ConfigID()),
 		"# public_name: chat.example.org\n",
-		"# created: 2026-11-25T08:01:00Z\n",
+		"# created: 2026-11-25T08:01:00.000Z\n",
 	} {
 		if !strings.Contains(text, line) {
 			t.Errorf("key file lacks %q:\n%s", line, text)
@@ -327,7 +327,7 @@ func TestRotateECHKey(t *testing.T) {
 func TestRotateECHKeyRefusesClockGoingBack(t *testing.T) {
 	dir := testECHDir(t)
 	addTestKey(t, dir, testEpoch)
-	for _, now := range []time.Time{testEpoch, testEpoch.Add(999 * time.Millisecond), testEpoch.Add(-time.Hour)} {
+	for _, now := range []time.Time{testEpoch, testEpoch.Add(999 * time.Microsecond), testEpoch.Add(-time.Hour)} {
 		if _, _, err := RotateECHKey(dir, testPublicName, 32, now); err == nil {
 			t.Errorf("RotateECHKey at %v accepted though the current key is from %v", now, testEpoch)
 		}

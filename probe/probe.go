@@ -135,10 +135,10 @@ func dial(ctx context.Context, opts *Options, port int, alpn []string, echList [
 	return c.(*tls.Conn), nil
 }
 
-func runCheck(ctx context.Context, opts *Options, name string, port int, alpn []string, echList []byte, speak func(context.Context, *tls.Conn) (string, error)) Check {
+func runCheck(ctx context.Context, opts *Options, name string, port int, alpn []string, echList []byte, speak func(context.Context, *tls.Conn) (string, error)) (check Check) {
 	ctx, cancel := context.WithTimeout(ctx, opts.Timeout)
 	defer cancel()
-	check := Check{Name: name, Address: opts.addr(port), ECH: "off", ServerName: opts.Domain}
+	check = Check{Name: name, Address: opts.addr(port), ECH: "off", ServerName: opts.Domain}
 	start := time.Now()
 	defer func() { check.LatencyMS = float64(time.Since(start).Microseconds()) / 1000 }()
 	conn, err := dial(ctx, opts, port, alpn, echList)
