@@ -2,6 +2,7 @@ package edge
 
 import (
 	"bytes"
+	"chatmail-edge/internal/atomicfile"
 	"errors"
 	"fmt"
 	"io"
@@ -25,7 +26,6 @@ const DefaultECHRetireGrace = 30 * 24 * time.Hour
 const (
 	echKeyFileTimeLayout = "20060102T150405Z"
 	echKeyFileSuffix     = ".pem"
-	echTempFilePattern   = ".ech-key-*.tmp" // hidden and not *.pem: never loaded
 	echLockFileName      = ".lock"
 	echLockTimeout       = 10 * time.Second
 	maxECHKeyFileSize    = 64 << 10 // a key file is about 600 bytes
@@ -245,26 +245,8 @@ func writeECHKeyFile(dir string, k *ECHKey) error {
 		return err
 	}
 	path := filepath.Join(dir, echKeyFileName(k))
-	tmp, err := os.CreateTemp(dir, echTempFilePattern) // mode 0600
-	if err != nil {
-		return fmt.Errorf("store ECH key %s: %w", path, err)
-	}
-	defer os.Remove(tmp.Name())
-	_, err = tmp.Write(data)
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if closeErr := tmp.Close(); err == nil {
-		err = closeErr
-	}
-	if err == nil {
-		err = os.Link(tmp.Name(), path)
-	}
-	if err == nil {
-		err = syncDir(dir)
-	}
-	if err != nil {
-		return fmt.Errorf("store ECH key %s: %w", path, err)
+	if err := atomicfile.WriteNew(path, data, 0o600); err != nil {
+		return fmt.Errorf("store ECH key: %w", err)
 	}
 	k.File = path
 	return nil

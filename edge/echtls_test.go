@@ -2,13 +2,9 @@ package edge
 
 import (
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
+	"chatmail-edge/internal/testcert"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
-	"math/big"
 	"net"
 	"testing"
 	"time"
@@ -19,36 +15,6 @@ import (
 
 const testInnerName = "mail.example.org"
 
-// testCertificate is a self-signed certificate for names, and a pool trusting it.
-func testCertificate(t *testing.T, names ...string) (tls.Certificate, *x509.CertPool) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		DNSNames:              names,
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(leaf)
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, pool
-}
-
 type handshakeResult struct {
 	client, server       tls.ConnectionState
 	clientErr, serverErr error
@@ -58,7 +24,7 @@ type handshakeResult struct {
 // client uses clientList and asks for testInnerName.
 func echHandshake(t *testing.T, serverKeys []tls.EncryptedClientHelloKey, clientList []byte) handshakeResult {
 	t.Helper()
-	cert, pool := testCertificate(t, testPublicName, testInnerName)
+	cert, pool := testcert.SelfSigned(t, testPublicName, testInnerName)
 	clientConn, serverConn := net.Pipe()
 	deadline := time.Now().Add(10 * time.Second)
 	clientConn.SetDeadline(deadline)

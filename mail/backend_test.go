@@ -1,6 +1,7 @@
 package mail
 
 import (
+	"chatmail-edge/internal/testcert"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -99,7 +100,7 @@ func TestBackendProxyMode(t *testing.T) {
 }
 
 func TestBackendTLSMode(t *testing.T) {
-	cert, roots := newTestCert(t, "mail.example.org")
+	cert, roots := testcert.SelfSigned(t, "mail.example.org")
 	daemons := startTestDaemons(t, implicitTLS(cert))
 	for _, p := range []Protocol{IMAP, SMTP} {
 		t.Run(p.String(), func(t *testing.T) {
@@ -128,7 +129,7 @@ func TestBackendTLSMode(t *testing.T) {
 }
 
 func TestBackendTLSVerify(t *testing.T) {
-	cert, roots := newTestCert(t, "mail.example.org")
+	cert, roots := testcert.SelfSigned(t, "mail.example.org")
 	daemons := startTestDaemons(t, implicitTLS(cert))
 	tests := []struct {
 		name string
@@ -200,7 +201,7 @@ func TestBackendCustomDial(t *testing.T) {
 }
 
 func TestBackendProbe(t *testing.T) {
-	cert, _ := newTestCert(t, "mail.example.org")
+	cert, _ := testcert.SelfSigned(t, "mail.example.org")
 	proxied := startTestDaemons(t, requireProxyHeader)
 	encrypted := startTestDaemons(t, implicitTLS(cert))
 	tests := []struct {
