@@ -126,7 +126,7 @@ func startDemo(c demoConfig, log *zap.Logger) (*demo, error) {
 		},
 		HTTPAddr:  addr(c.HTTPPort),
 		HTTPSPort: c.HTTPSPort,
-		GetCert:   acme.NewStatic(leaf).GetCertificate,
+		GetCert:   acme.NewStatic(leaf, "local-ca").GetCertificate,
 		Backends: func(dial func(context.Context, string, string) (net.Conn, error)) (edge.Backends, error) {
 			return demoBackends(delivery, dial)
 		},

@@ -97,7 +97,7 @@ func (s *settings) instanceConfig() (instanceConfig, error) {
 		},
 		HTTPAddr:  httpAddr,
 		HTTPSPort: httpsPort,
-		GetCert:   acme.NewStatic(&pair).GetCertificate,
+		GetCert:   acme.NewStatic(&pair, "external").GetCertificate,
 		Backends: func(dial func(context.Context, string, string) (net.Conn, error)) (edge.Backends, error) {
 			imapB, err := mail.NewBackend(s.IMAPBackend.config(mail.IMAP, s, dial))
 			if err != nil {

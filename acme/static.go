@@ -8,11 +8,14 @@ import (
 // Static serves one certificate for every name: the demo's leaf, or a
 // certificate loaded from files. Set swaps it for new handshakes.
 type Static struct {
-	cert atomic.Pointer[tls.Certificate]
+	cert   atomic.Pointer[tls.Certificate]
+	source string
 }
 
-func NewStatic(cert *tls.Certificate) *Static {
-	s := &Static{}
+// NewStatic serves cert; source names where it came from on the status page
+// ("local-ca", "external", ...).
+func NewStatic(cert *tls.Certificate, source string) *Static {
+	s := &Static{source: source}
 	s.cert.Store(cert)
 	return s
 }

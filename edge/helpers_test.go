@@ -67,7 +67,7 @@ func startEdge(t testing.TB, mod func(*Config), backends Backends) *testEdge {
 	if mod != nil {
 		mod(&cfg)
 	}
-	e, err := New(cfg, zaptest.NewLogger(t), acme.NewStatic(testLeaf).GetCertificate)
+	e, err := New(cfg, zaptest.NewLogger(t), acme.NewStatic(testLeaf, "local-ca").GetCertificate)
 	if err != nil {
 		t.Fatal(err)
 	}
