@@ -65,6 +65,7 @@ func (s *settings) instanceConfig() (instanceConfig, error) {
 	if err != nil {
 		return instanceConfig{}, fmt.Errorf("%w: load certificate %s and key %s: %v", errConfig, certFile, keyFile, err)
 	}
+	certs := acme.NewStatic(&pair, "external")
 	var listeners []edge.ListenerConfig
 	for _, l := range []struct {
 		name, addr string
@@ -97,7 +98,7 @@ func (s *settings) instanceConfig() (instanceConfig, error) {
 		},
 		HTTPAddr:  httpAddr,
 		HTTPSPort: httpsPort,
-		GetCert:   acme.NewStatic(&pair, "external").GetCertificate,
+		GetCert:   certs.GetCertificate,
 		Backends: func(dial func(context.Context, string, string) (net.Conn, error)) (edge.Backends, error) {
 			imapB, err := mail.NewBackend(s.IMAPBackend.config(mail.IMAP, s, dial))
 			if err != nil {
@@ -109,6 +110,11 @@ func (s *settings) instanceConfig() (instanceConfig, error) {
 			}
 			return edge.Backends{IMAP: imapB, SMTP: smtpB}, nil
 		},
+
+		Web:          s.webConfig(),
+		AdminAddr:    s.AdminAddress,
+		MetadataFile: s.ECHMetadataFile,
+		Certs:        certs,
 	}, nil
 }
 

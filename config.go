@@ -38,8 +38,9 @@ type settings struct {
 	LogLevel         string
 
 	// [ech]
-	ECHPublicName  string
-	ECHRetireGrace time.Duration
+	ECHPublicName   string
+	ECHRetireGrace  time.Duration
+	ECHMetadataFile string
 
 	// [imap], [smtp]
 	IMAPBackend backendSettings
@@ -48,6 +49,9 @@ type settings struct {
 	// [tls]
 	TLSCert string
 	TLSKey  string
+
+	// [web], [mta-sts], [admin]: see web_config.go.
+	webSettings
 
 	// From chatmail.ini ([params]).
 	MailDomain     string
@@ -116,8 +120,9 @@ func backendMode(p func(*settings) *string) func(*settings, string) error {
 }
 
 // options lists every key of the configuration file, in the order
-// `config describe` prints them. It is static data, never modified.
-var options = []option{
+// `config describe` prints them; the web's come last. It is static data,
+// never modified.
+var options = append([]option{
 	{"edge", "chatmail_ini", defaultChatmailINI, "The relay's chatmail.ini; mail_domain, max_message_size and disable_ipv6 come from it.",
 		str(func(s *settings) *string { return &s.ChatmailINI })},
 	{"edge", "state_dir", "/var/lib/chatmail-edge", "Folder for ECH keys, TLS session ticket keys and certificates (created 0700).",
@@ -152,6 +157,8 @@ var options = []option{
 		str(func(s *settings) *string { return &s.ECHPublicName })},
 	{"ech", "retire_grace", "720h", "`chatmail-edge ech retire` drops keys superseded longer ago than this. Clients holding an older config get retry configs while its key exists.",
 		duration(func(s *settings) *time.Duration { return &s.ECHRetireGrace })},
+	{"ech", "metadata_file", "/run/chatmail-edge/ech-config-list", "The published ECHConfigList, base64 on one line, rewritten atomically when the keys change: for chatmail's IMAP METADATA service (docs/AUTOCONFIG.md). Empty disables it.",
+		str(func(s *settings) *string { return &s.ECHMetadataFile })},
 	{"imap", "backend", "tls", "tls: re-encrypt to Dovecot's implicit-TLS port (no Dovecot change). proxy: plaintext with a PROXY v2 header to a haproxy=yes listener (see docs/PROXY.md).",
 		backendMode(func(s *settings) *string { return &s.IMAPBackend.Mode })},
 	{"imap", "address", "127.0.0.1:993", "Where Dovecot listens for the edge.",
@@ -164,7 +171,7 @@ var options = []option{
 		str(func(s *settings) *string { return &s.TLSCert })},
 	{"tls", "key", "", "PEM private key of cert.",
 		str(func(s *settings) *string { return &s.TLSKey })},
-}
+}, webOptions...)
 
 // loadSettings reads the edge's file (missing is fine unless required) and
 // then chatmail.ini. Errors name the file and line.
