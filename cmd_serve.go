@@ -20,14 +20,7 @@ import (
 
 func cmdServe(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("serve", stderr, "serve [flags]")
-	configFile := fs.String("config", defaultConfigFile, "the edge's configuration file (see `chatmail-edge config describe`)")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("%w: unexpected argument %q", errUsage, fs.Arg(0))
-	}
-	s, err := loadSettings(*configFile, flagWasSet(fs, "config"))
+	s, err := parseConfigFlags(fs, args)
 	if err != nil {
 		return err
 	}
@@ -75,10 +68,6 @@ func (s *settings) instanceConfig() (instanceConfig, error) {
 			listeners = append(listeners, edge.ListenerConfig{Name: l.name, Address: s.listenAddr(l.addr), Kind: l.kind})
 		}
 	}
-	httpsPort := 443
-	if _, port, err := net.SplitHostPort(s.HTTPS); err == nil {
-		fmt.Sscan(port, &httpsPort)
-	}
 	httpAddr := ""
 	if s.HTTP != "" {
 		httpAddr = s.listenAddr(s.HTTP)
@@ -97,7 +86,7 @@ func (s *settings) instanceConfig() (instanceConfig, error) {
 			Hostname:         s.MailDomain,
 		},
 		HTTPAddr:  httpAddr,
-		HTTPSPort: httpsPort,
+		HTTPSPort: s.httpsPort(),
 		GetCert:   certs.GetCertificate,
 		Backends: func(dial func(context.Context, string, string) (net.Conn, error)) (edge.Backends, error) {
 			imapB, err := mail.NewBackend(s.IMAPBackend.config(mail.IMAP, s, dial))

@@ -21,6 +21,7 @@ Usage:
   chatmail-edge probe [flags] DOMAIN  check a running edge over IMAP, SMTP and HTTPS with ECH
   chatmail-edge ech show|rotate|retire [flags]
                                       print or change the ECH keys in the state folder
+  chatmail-edge dns [flags]           print the DNS records for MTA-STS and ECH (HTTPS record)
   chatmail-edge config describe       print the configuration file with every key documented
   chatmail-edge version               print the version
 
@@ -49,6 +50,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		"probe":  cmdProbe,
 		"ech":    cmdECH,
 		"config": cmdConfig,
+		"dns":    cmdDNS,
 		"version": func([]string, io.Writer, io.Writer) error {
 			fmt.Fprintln(stdout, "chatmail-edge", version())
 			return nil
