@@ -43,6 +43,13 @@ func (in *instance) startWeb(backends edge.Backends) error {
 		// Autoconfig lists the edge's own ports, as bound (the demo's).
 		cfg.Autoconfig.IMAPS, cfg.Autoconfig.SMTPS, cfg.Autoconfig.HTTPS = in.boundPort("imaps"), in.boundPort("smtps"), in.boundPort("https")
 	}
+	// ECH works on the edge's listeners only, not on Dovecot's or Postfix's ports.
+	cfg.Autoconfig.ECH = nil
+	for _, name := range []string{"https", "imaps", "smtps"} {
+		if port := in.boundPort(name); port != 0 {
+			cfg.Autoconfig.ECH = append(cfg.Autoconfig.ECH, port)
+		}
+	}
 	srv, err := web.New(cfg, web.Deps{
 		Log:           in.log.Named("web"),
 		ECHConfigList: func() []byte { return in.echKeys.Load().ConfigList() },

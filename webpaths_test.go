@@ -260,8 +260,10 @@ func TestWebPathsOverECH(t *testing.T) {
 			if got := doc.servers(doc.Provider.Outgoing); strings.Join(got, "|") != strings.Join(want, "|") {
 				t.Fatalf("outgoing %q, want %q", got, want)
 			}
-			if doc.Provider.ECH.XMLName.Space != web.ECHNamespace || doc.Provider.ECH.Value != strings.TrimSpace(show.String()) {
-				t.Fatalf("ECH element %+v, want namespace %s and %q", doc.Provider.ECH, web.ECHNamespace, show.String())
+			wantPorts := strconv.Itoa(d.port("https")) + " " + strconv.Itoa(d.port("imaps")) + " " + strconv.Itoa(d.port("smtps"))
+			if doc.Provider.ECH.XMLName.Space != web.ECHNamespace || doc.Provider.ECH.Value != strings.TrimSpace(show.String()) ||
+				doc.Provider.ECH.Encoding != "base64" || doc.Provider.ECH.Ports != wantPorts {
+				t.Fatalf("ECH element %+v, want namespace %s, ports %s and %q", doc.Provider.ECH, web.ECHNamespace, wantPorts, show.String())
 			}
 		}
 	})
@@ -349,6 +351,7 @@ type autoconfigDoc struct {
 		ECH      struct {
 			XMLName  xml.Name
 			Encoding string `xml:"encoding,attr"`
+			Ports    string `xml:"ports,attr"`
 			Value    string `xml:",chardata"`
 		} `xml:"urn:chatmail-edge:autoconfig:ech echConfigList"`
 	} `xml:"emailProvider"`

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 )
 
 const (
@@ -25,13 +26,20 @@ type AutoconfigPorts struct {
 	IMAPS, IMAP, SMTPS, Submission, HTTPS int
 	// Custom makes zero mean "leave out" (the demo has no STARTTLS ports).
 	Custom bool
+	// ECH lists the ports where the edge terminates TLS with ECH: 443
+	// always, 993 and 465 only when the edge owns them too (full mode).
+	// Default: HTTPS.
+	ECH []int
 }
 
 func (p AutoconfigPorts) withDefaults() AutoconfigPorts {
-	if p.Custom {
-		return p
+	if !p.Custom {
+		p.IMAPS, p.IMAP, p.SMTPS, p.Submission, p.HTTPS = 993, 143, 465, 587, 443
 	}
-	return AutoconfigPorts{IMAPS: 993, IMAP: 143, SMTPS: 465, Submission: 587, HTTPS: 443}
+	if len(p.ECH) == 0 && p.HTTPS != 0 {
+		p.ECH = []int{p.HTTPS}
+	}
+	return p
 }
 
 type autoconfigServer struct {
@@ -78,10 +86,15 @@ func (s *Server) autoconfigXML() []byte {
 		b.WriteString("      <authentication>password-cleartext</authentication>\n      <username>%EMAILADDRESS%</username>\n")
 		fmt.Fprintf(&b, "    </%s>\n", sv.direction)
 	}
-	if list := s.deps.ECHConfigList(); len(list) > 0 {
-		// One list for every SSL entry above: all listeners share the keys.
-		fmt.Fprintf(&b, "    <echConfigList xmlns=\"%s\" encoding=\"base64\">%s</echConfigList>\n",
-			ECHNamespace, base64.StdEncoding.EncodeToString(list))
+	if list := s.deps.ECHConfigList(); len(list) > 0 && len(p.ECH) > 0 {
+		// One list for the SSL entries on the edge's ports: they share the
+		// keys. Dovecot's or Postfix's own ports cannot do ECH.
+		ports := make([]string, len(p.ECH))
+		for i, port := range p.ECH {
+			ports[i] = strconv.Itoa(port)
+		}
+		fmt.Fprintf(&b, "    <echConfigList xmlns=\"%s\" encoding=\"base64\" ports=\"%s\">%s</echConfigList>\n",
+			ECHNamespace, strings.Join(ports, " "), base64.StdEncoding.EncodeToString(list))
 	}
 	b.WriteString("  </emailProvider>\n</clientConfig>\n")
 	return b.Bytes()
