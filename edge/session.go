@@ -35,8 +35,9 @@ type session struct {
 	backend    net.Conn // backendTCP itself, or a *tls.Conn over it
 	backendTCP *tcpConn
 
-	up   pump // client to backend
-	down pump // backend to client
+	up   pump        // client to backend
+	down pump        // backend to client
+	bye  *byeWatcher // IMAP only: the down pump's source
 
 	lastActive atomic.Int64 // unix nanoseconds of the last data moved
 	halfClosed atomic.Int64 // unix nanoseconds when one direction ended, 0 if none
@@ -69,6 +70,10 @@ func newSession(e *Edge, l *listener, id uint64, route Route, client *tls.Conn, 
 	backendTLS, _ := backend.(*tls.Conn)
 	s.up = pump{s: s, src: client, srcTCP: clientTCP, srcTLS: client, dst: backend, dstTCP: backendTCP, dstTLS: backendTLS, bytes: &l.stats.bytesIn}
 	s.down = pump{s: s, src: backend, srcTCP: backendTCP, srcTLS: backendTLS, dst: client, dstTCP: clientTCP, dstTLS: client, bytes: &l.stats.bytesOut}
+	if route == RouteIMAP {
+		s.bye = newByeWatcher(backend)
+		s.down.src = s.bye
+	}
 	s.up.runFunc = s.up.run
 	s.down.runFunc = s.down.run
 	s.lastActive.Store(s.started.UnixNano())
@@ -156,6 +161,9 @@ func (p *pump) park() {
 // end handles the source's end of stream or a read error.
 func (p *pump) end(err error) {
 	s := p.s
+	if p == &s.down {
+		s.backendGone()
+	}
 	if !errors.Is(err, io.EOF) {
 		s.close("read failed", err)
 		return
