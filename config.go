@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io/fs"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -48,6 +49,9 @@ type settings struct {
 	// [tls]
 	TLSCert string
 	TLSKey  string
+
+	// [tls] and [acme], in certs.go
+	Certs certSettings
 
 	// From chatmail.ini ([params]).
 	MailDomain     string
@@ -117,7 +121,9 @@ func backendMode(p func(*settings) *string) func(*settings, string) error {
 
 // options lists every key of the configuration file, in the order
 // `config describe` prints them. It is static data, never modified.
-var options = []option{
+var options = slices.Concat(coreOptions, certOptions)
+
+var coreOptions = []option{
 	{"edge", "chatmail_ini", defaultChatmailINI, "The relay's chatmail.ini; mail_domain, max_message_size and disable_ipv6 come from it.",
 		str(func(s *settings) *string { return &s.ChatmailINI })},
 	{"edge", "state_dir", "/var/lib/chatmail-edge", "Folder for ECH keys, TLS session ticket keys and certificates (created 0700).",
@@ -160,7 +166,7 @@ var options = []option{
 		backendMode(func(s *settings) *string { return &s.SMTPBackend.Mode })},
 	{"smtp", "address", "127.0.0.1:465", "Where Postfix listens for the edge.",
 		address(func(s *settings) *string { return &s.SMTPBackend.Address })},
-	{"tls", "cert", "", "PEM certificate chain to serve (with key). Empty: tls_external_cert_and_key from chatmail.ini, else /var/lib/acme/live/<mail_domain>/fullchain.",
+	{"tls", "cert", "", "PEM certificate chain to serve (with key), renewed by another program (chatmail's external mode). Empty: tls_external_cert_and_key from chatmail.ini; without it, a self-signed certificate for a mail_domain starting with _ or an IP address, else ACME (see [acme]).",
 		str(func(s *settings) *string { return &s.TLSCert })},
 	{"tls", "key", "", "PEM private key of cert.",
 		str(func(s *settings) *string { return &s.TLSKey })},

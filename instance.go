@@ -30,6 +30,9 @@ type instanceConfig struct {
 	HTTPAddr   string // plain HTTP listener; "" for none
 	HTTPSPort  int    // the public HTTPS port, for redirects and URLs
 	GetCert    func(*tls.ClientHelloInfo) (*tls.Certificate, error)
+	// WrapHTTP wraps the plain HTTP handler (:80), to answer ACME HTTP-01
+	// challenges; nil leaves the redirect alone.
+	WrapHTTP func(http.Handler) http.Handler
 	// Backends builds the mail backends with the edge's dialer.
 	Backends   func(dial func(context.Context, string, string) (net.Conn, error)) (edge.Backends, error)
 	NewAccount func() (string, string, error)
@@ -108,7 +111,11 @@ func startInstance(cfg instanceConfig, log *zap.Logger) (*instance, error) {
 	in.https = web.NewHTTPServer(in.web.Handler(), log, e.HTTPConnState)
 	in.serve(in.https, e.HTTPListener())
 	if in.httpLn != nil {
-		in.http = web.NewHTTPServer(in.web.RedirectHandler(), log, nil)
+		redirect := in.web.RedirectHandler()
+		if cfg.WrapHTTP != nil {
+			redirect = cfg.WrapHTTP(redirect)
+		}
+		in.http = web.NewHTTPServer(redirect, log, nil)
 		in.serve(in.http, in.httpLn)
 	}
 	in.wg.Go(in.watchECHKeys)

@@ -21,6 +21,8 @@ Usage:
   chatmail-edge probe [flags] DOMAIN  check a running edge over IMAP, SMTP and HTTPS with ECH
   chatmail-edge ech show|rotate|retire [flags]
                                       print or change the ECH keys in the state folder
+  chatmail-edge acme account-url [flags]
+                                      print the ACME account URL (for the CAA record)
   chatmail-edge config describe       print the configuration file with every key documented
   chatmail-edge version               print the version
 
@@ -48,6 +50,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		"serve":  cmdServe,
 		"probe":  cmdProbe,
 		"ech":    cmdECH,
+		"acme":   cmdACME,
 		"config": cmdConfig,
 		"version": func([]string, io.Writer, io.Writer) error {
 			fmt.Fprintln(stdout, "chatmail-edge", version())
