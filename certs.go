@@ -35,6 +35,10 @@ type certSettings struct {
 	ExportCert       string
 	ExportKey        string
 	Reload           [][]string
+
+	// Retry is not a configuration key: the default (1 minute doubling to
+	// 1 hour) suits a relay; tests shorten it.
+	Retry acme.Backoff
 }
 
 const mailDomainPlaceholder = "<mail_domain>"
@@ -160,6 +164,7 @@ func (s *settings) acmeConfig() acme.Config {
 		ExportCert:  strings.ReplaceAll(s.Certs.ExportCert, mailDomainPlaceholder, s.MailDomain),
 		ExportKey:   strings.ReplaceAll(s.Certs.ExportKey, mailDomainPlaceholder, s.MailDomain),
 		Reload:      s.Certs.Reload,
+		Retry:       s.Certs.Retry, ExportRetry: s.Certs.Retry,
 	}
 	if s.Certs.FallbackEABKeyID != "" || s.Certs.FallbackEABHMAC != "" {
 		cfg.FallbackEAB = &acme.EAB{KeyID: s.Certs.FallbackEABKeyID, MACKey: s.Certs.FallbackEABHMAC}

@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"chatmail-edge/acme"
 	"chatmail-edge/internal/acmetest"
 	"chatmail-edge/internal/testcert"
 
@@ -107,6 +108,7 @@ func (env *serveEnv) start(t *testing.T, args ...string) *servingEdge {
 	if err != nil {
 		t.Fatal(err)
 	}
+	s.Certs.Retry = acme.Backoff{Initial: 20 * time.Millisecond, Max: 200 * time.Millisecond}
 	log := testZap(t)
 	names := []string{env.domain, "mta-sts." + env.domain, "www." + env.domain, env.publicName}
 	e, err := startServe(context.Background(), s, log, func(in *instance) error {
@@ -276,6 +278,38 @@ func TestServeRenewsShortLivedCertificate(t *testing.T) {
 		}
 		return env.exportMatches(e)
 	})
+}
+
+// TestServeKeepsServingWhileCAIsDown: restarted with a new ECH public
+// name while the CA is unreachable, the edge serves what it has (the mail
+// domain's certificate for the new name), shows the failure and its next
+// attempt, and gets the certificate once the CA is back.
+func TestServeKeepsServingWhileCAIsDown(t *testing.T) {
+	env := newServeEnv(t, "chat-down.test", "front-down.test", acmetest.Options{}, "")
+	first := env.start(t)
+	env.waitIssued(t, first)
+	first.shutdown()
+
+	env.publicName = "front2-down.test"
+	os.WriteFile(env.config, []byte(mergeINI(mustRead(t, env.config), "[ech]\npublic_name = front2-down.test\n")), 0o644)
+	env.pebbleReady = func() { env.pebble.SetMode(acmetest.Down) }
+	e := env.start(t)
+	acmetest.WaitFor(t, 10*time.Second, "the failure in the status", func() error {
+		for _, st := range e.certs.Status() {
+			if st.Names[0] == env.publicName && strings.Contains(st.LastError, env.pebble.URL) && st.NextAttempt.After(st.LastErrorAt) {
+				return nil
+			}
+		}
+		return fmt.Errorf("status %+v", e.certs.Status())
+	})
+	if _, err := e.dialECH(env.domain, env.pebble.Roots()); err != nil {
+		t.Fatalf("the mail domain is not served while the CA is down: %v", err)
+	}
+	if _, err := e.dialECH(env.publicName, env.pebble.Roots()); err == nil || !strings.Contains(err.Error(), env.domain) {
+		t.Fatalf("%s without its certificate: want the mail domain's, got %v", env.publicName, err)
+	}
+	env.pebble.SetMode(acmetest.Up)
+	env.waitIssued(t, e)
 }
 
 // TestServeTakesOverAcmetool: acmetool's account and certificate are taken
