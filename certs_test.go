@@ -3,9 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
@@ -319,23 +316,16 @@ func TestServeKeepsServingWhileCAIsDown(t *testing.T) {
 func TestServeTakesOverAcmetool(t *testing.T) {
 	domain := "chat-takeover.test"
 	env := newServeEnv(t, domain, "front-takeover.test", acmetest.Options{}, "")
-	accountKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	keyDER, _ := x509.MarshalECPrivateKey(accountKey)
-	cert, roots := testcert.SelfSigned(t, domain, "mta-sts."+domain, "www."+domain)
-	certKey, _ := x509.MarshalPKCS8PrivateKey(cert.PrivateKey)
-	chain := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Certificate[0]})
-	acmetoolDir := filepath.Join(env.dir, "acme")
-	acmetest.WriteAcmetool(t, acmetoolDir, env.pebble.URL, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}),
-		domain, chain, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: certKey}))
-	live := filepath.Join(acmetoolDir, "live", domain)
+	relay := acmetest.NewRelay(t, filepath.Join(env.dir, "acme"), env.pebble.URL, domain)
+	live := relay.Live
 	os.WriteFile(env.config, []byte(mergeINI(mustRead(t, env.config), fmt.Sprintf(
-		"[acme]\nacmetool = %s\nexport_cert = %s/fullchain\nexport_key = %s/privkey\n", acmetoolDir, live, live))), 0o644)
+		"[acme]\nacmetool = %s\nexport_cert = %s/fullchain\nexport_key = %s/privkey\n", relay.Dir, live, live))), 0o644)
 
 	var accountURL string
-	env.pebbleReady = func() { accountURL = env.pebble.RegisterAccount(t, accountKey) }
+	env.pebbleReady = func() { accountURL = env.pebble.RegisterAccount(t, relay.AccountKey) }
 	e := env.start(t)
 	for _, name := range []string{domain, "www." + domain, "mta-sts." + domain} {
-		if _, err := e.dialECH(name, roots); err != nil {
+		if _, err := e.dialECH(name, relay.Roots); err != nil {
 			t.Fatalf("acmetool's certificate for %s: %v", name, err)
 		}
 	}
@@ -350,7 +340,7 @@ func TestServeTakesOverAcmetool(t *testing.T) {
 	if got := env.accountURL(t); got != accountURL {
 		t.Fatalf("acme account-url printed %q, want %q", got, accountURL)
 	}
-	if now := mustRead(t, filepath.Join(live, "fullchain")); now != string(chain) {
+	if now := mustRead(t, filepath.Join(live, "fullchain")); now != string(relay.ChainPEM) {
 		t.Fatal("acmetool's live certificate was rewritten")
 	}
 	if c := env.calls(); len(c) != 0 {

@@ -38,8 +38,8 @@ type account struct {
 }
 
 // ensureAccount returns the account at ca: the one the edge has, else
-// acmetool's (taken over so that the relay's CAA accounturi stays true,
-// RFC 8657 §3), else a new one. Registering is "newAccount" with the key
+// acmetool's (taken over so that the relay's CAA record, RFC 8659, with its
+// accounturi, RFC 8657 §3, stays true), else a new one. Registering is "newAccount" with the key
 // (RFC 8555 §7.3), which for a key the CA knows returns the existing
 // account's URL.
 func (m *Manager) ensureAccount(ctx context.Context, ca caConfig, client *http.Client) (*account, error) {

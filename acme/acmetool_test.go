@@ -3,12 +3,8 @@ package acme
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -19,31 +15,7 @@ import (
 	"time"
 
 	"chatmail-edge/internal/acmetest"
-	"chatmail-edge/internal/testcert"
 )
-
-// acmetoolRelay is a relay as cmdeploy leaves it: acmetool's account and a
-// live certificate for the domain, mta-sts and www.
-type acmetoolRelay struct {
-	state      acmetest.Acmetool
-	accountKey *ecdsa.PrivateKey
-	chainPEM   []byte
-	roots      *x509.CertPool
-	live       string
-}
-
-func newAcmetoolRelay(t *testing.T, caURL, domain string) *acmetoolRelay {
-	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	der, _ := x509.MarshalECPrivateKey(key)
-	cert, roots := testcert.SelfSigned(t, domain, "mta-sts."+domain, "www."+domain)
-	certKey, _ := x509.MarshalPKCS8PrivateKey(cert.PrivateKey)
-	chain := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Certificate[0]})
-	dir := filepath.Join(t.TempDir(), "acme")
-	state := acmetest.WriteAcmetool(t, dir, caURL, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}),
-		domain, chain, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: certKey}))
-	return &acmetoolRelay{state: state, accountKey: key, chainPEM: chain, roots: roots, live: filepath.Join(dir, "live", domain)}
-}
 
 // The takeover: acmetool's certificate is served and left in place (no new
 // order, no export, no reload), and the next order uses acmetool's account,
@@ -51,22 +23,22 @@ func newAcmetoolRelay(t *testing.T, caURL, domain string) *acmetoolRelay {
 func TestManagerTakesOverAcmetool(t *testing.T) {
 	domain, front := "relay.test", "front.test"
 	p := acmetest.Start(t, acmetest.Options{})
-	relay := newAcmetoolRelay(t, p.URL, domain)
+	relay := acmetest.NewRelay(t, filepath.Join(t.TempDir(), "acme"), p.URL, domain)
 	reload, calls := recordingCommand(t, 0)
 	cfg := Config{
 		Domain: domain, Names: []string{"mta-sts." + domain, "www." + domain, front},
 		CA: p.URL, CARootFile: p.RootFile, StorageDir: filepath.Join(t.TempDir(), "storage"),
-		AcmetoolDir: relay.state.Dir, Retry: fastRetry, ExportRetry: fastRetry,
-		ExportCert: filepath.Join(relay.live, "fullchain"), ExportKey: filepath.Join(relay.live, "privkey"),
+		AcmetoolDir: relay.Dir, Retry: fastRetry, ExportRetry: fastRetry,
+		ExportCert: filepath.Join(relay.Live, "fullchain"), ExportKey: filepath.Join(relay.Live, "privkey"),
 		Reload: [][]string{reload},
 	}
 	m, e := newManagerOn(t, p, cfg, domain, front)
 	for _, name := range []string{domain, "mta-sts." + domain, "www." + domain} {
-		if _, err := e.served(t, name, relay.roots); err != nil {
+		if _, err := e.served(t, name, relay.Roots); err != nil {
 			t.Fatalf("acmetool's certificate for %s: %v", name, err)
 		}
 	}
-	accountURL := p.RegisterAccount(t, relay.accountKey)
+	accountURL := p.RegisterAccount(t, relay.AccountKey)
 	start(t, m, e)
 	waitFor(t, 20*time.Second, "the certificate for "+front, func() error {
 		_, err := e.served(t, front, p.Roots())
@@ -80,10 +52,10 @@ func TestManagerTakesOverAcmetool(t *testing.T) {
 		t.Fatalf("AccountURL %q, %v; want %q", got, err, accountURL)
 	}
 	stored, err := os.ReadFile(m.store.accountKeyFile(issuerKey(p.URL)))
-	if err != nil || !bytes.Equal(stored, relay.state.AccountKey) {
+	if err != nil || !bytes.Equal(stored, relay.AccountKeyPEM) {
 		t.Fatalf("the edge's account key is not acmetool's: %v", err)
 	}
-	if chain, _ := os.ReadFile(cfg.ExportCert); !bytes.Equal(chain, relay.chainPEM) {
+	if chain, _ := os.ReadFile(cfg.ExportCert); !bytes.Equal(chain, relay.ChainPEM) {
 		t.Fatal("acmetool's live certificate was rewritten")
 	}
 	if c := calls(); len(c) != 0 {
@@ -97,15 +69,15 @@ func TestManagerTakesOverAcmetool(t *testing.T) {
 func TestManagerGarbledAcmetoolAccountKey(t *testing.T) {
 	domain, front := "garbled.test", "front-garbled.test"
 	p := acmetest.Start(t, acmetest.Options{})
-	relay := newAcmetoolRelay(t, p.URL, domain)
-	keyFiles, _ := filepath.Glob(filepath.Join(relay.state.Dir, "accounts", "*", "*", "privkey"))
+	relay := acmetest.NewRelay(t, filepath.Join(t.TempDir(), "acme"), p.URL, domain)
+	keyFiles, _ := filepath.Glob(filepath.Join(relay.Dir, "accounts", "*", "*", "privkey"))
 	if len(keyFiles) != 1 {
 		t.Fatalf("account keys: %v", keyFiles)
 	}
 	os.WriteFile(keyFiles[0], []byte("-----BEGIN EC PRIVATE KEY-----\nZ2FyYmxlZA==\n-----END EC PRIVATE KEY-----\n"), 0o600)
 	cfg := Config{
 		Domain: domain, Names: []string{front}, CA: p.URL, CARootFile: p.RootFile,
-		StorageDir: filepath.Join(t.TempDir(), "storage"), AcmetoolDir: relay.state.Dir, Retry: fastRetry,
+		StorageDir: filepath.Join(t.TempDir(), "storage"), AcmetoolDir: relay.Dir, Retry: fastRetry,
 	}
 	m, e := newManagerOn(t, p, cfg, domain, front)
 	start(t, m, e)
@@ -115,7 +87,7 @@ func TestManagerGarbledAcmetoolAccountKey(t *testing.T) {
 		}
 		return nil
 	})
-	if _, err := e.served(t, domain, relay.roots); err != nil {
+	if _, err := e.served(t, domain, relay.Roots); err != nil {
 		t.Fatalf("acmetool's certificate is not served: %v", err)
 	}
 	if _, err := os.Stat(m.store.accountKeyFile(issuerKey(p.URL))); !errors.Is(err, fs.ErrNotExist) {
@@ -141,10 +113,10 @@ func TestDecodeAcmetoolURLPart(t *testing.T) {
 // The installer's offline takeover: once, then nothing more.
 func TestImportAcmetoolOfflineAndIdempotent(t *testing.T) {
 	domain := "offline.test"
-	relay := newAcmetoolRelay(t, LetsEncrypt, domain)
-	cfg := Config{Domain: domain, StorageDir: filepath.Join(t.TempDir(), "storage"), AcmetoolDir: relay.state.Dir}
+	relay := acmetest.NewRelay(t, filepath.Join(t.TempDir(), "acme"), LetsEncrypt, domain)
+	cfg := Config{Domain: domain, StorageDir: filepath.Join(t.TempDir(), "storage"), AcmetoolDir: relay.Dir}
 	imp, err := ImportAcmetool(cfg, testLogger(t))
-	if err != nil || !strings.HasSuffix(imp.AccountKey, "/privkey") || imp.Certificate != filepath.Join(relay.live, "fullchain") {
+	if err != nil || !strings.HasSuffix(imp.AccountKey, "/privkey") || imp.Certificate != filepath.Join(relay.Live, "fullchain") {
 		t.Fatalf("first import: %+v, %v", imp, err)
 	}
 	again, err := ImportAcmetool(cfg, testLogger(t))
@@ -156,7 +128,7 @@ func TestImportAcmetoolOfflineAndIdempotent(t *testing.T) {
 		t.Fatal(err)
 	}
 	c, err := m.GetCertificate(&tls.ClientHelloInfo{ServerName: "www." + domain})
-	if err != nil || !bytes.Equal(pemChain([]*x509.Certificate{c.Leaf}), relay.chainPEM) {
+	if err != nil || !bytes.Equal(pemChain([]*x509.Certificate{c.Leaf}), relay.ChainPEM) {
 		t.Fatalf("imported certificate not served: %v", err)
 	}
 	// An account key at another CA is not taken for this one.

@@ -3,6 +3,9 @@ package acmetest
 import (
 	"context"
 	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base32"
@@ -12,6 +15,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"chatmail-edge/internal/testcert"
 
 	"github.com/mholt/acmez/v3/acme"
 )
@@ -26,16 +31,16 @@ import (
 //	certs/<cert id>/{cert,chain,fullchain,url,privkey -> ../../keys/<key id>/privkey}
 //	live/<domain> -> ../certs/<cert id>
 type Acmetool struct {
-	Dir        string
-	AccountKey []byte // PEM written to the account's privkey
-	CertURL    string
+	Dir           string
+	AccountKeyPEM []byte // written to the account's privkey
+	CertURL       string
 }
 
 // WriteAcmetool builds the folder under dir for the account at
 // directoryURL and the certificate chainPEM/keyPEM for domain.
 func WriteAcmetool(t testing.TB, dir, directoryURL string, accountKeyPEM []byte, domain string, chainPEM, keyPEM []byte) Acmetool {
 	t.Helper()
-	a := Acmetool{Dir: dir, AccountKey: accountKeyPEM, CertURL: "https://ca.invalid/cert/" + keyID(t, keyPEM)}
+	a := Acmetool{Dir: dir, AccountKeyPEM: accountKeyPEM, CertURL: "https://ca.invalid/cert/" + keyID(t, keyPEM)}
 	mkdir := func(p string, mode os.FileMode) string {
 		full := filepath.Join(dir, p)
 		if err := os.MkdirAll(full, mode); err != nil {
@@ -75,6 +80,34 @@ func WriteAcmetool(t testing.TB, dir, directoryURL string, accountKeyPEM []byte,
 	mkdir("desired", 0o755)
 	write(filepath.Join("desired", domain), []byte("satisfy:\n  names:\n  - "+domain+"\n"), 0o644)
 	return a
+}
+
+// Relay is a chatmail relay's acmetool state as cmdeploy leaves it: an
+// account at a CA and a live certificate for the domain, mta-sts and www
+// (self-signed: Roots trusts it).
+type Relay struct {
+	Acmetool
+	AccountKey *ecdsa.PrivateKey
+	ChainPEM   []byte
+	Roots      *x509.CertPool
+	Live       string // live/<domain>, where Postfix and Dovecot read
+}
+
+// NewRelay writes a relay's acmetool state into dir for the account at
+// directoryURL.
+func NewRelay(t testing.TB, dir, directoryURL, domain string) *Relay {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, _ := x509.MarshalECPrivateKey(key)
+	cert, roots := testcert.SelfSigned(t, domain, "mta-sts."+domain, "www."+domain)
+	certKey, _ := x509.MarshalPKCS8PrivateKey(cert.PrivateKey)
+	chain := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Certificate[0]})
+	state := WriteAcmetool(t, dir, directoryURL, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}),
+		domain, chain, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: certKey}))
+	return &Relay{Acmetool: state, AccountKey: key, ChainPEM: chain, Roots: roots, Live: filepath.Join(dir, "live", domain)}
 }
 
 // accountURLPart is acmetool's accountURLPart: the directory URL without
