@@ -461,3 +461,38 @@ func reloadRecorder(t *testing.T) (string, func() []string) {
 		return strings.Fields(string(b))
 	}
 }
+
+// TestACMESettings: the [acme] keys as the manager gets them. An empty
+// reload list is allowed (issue 5 reloads through a systemd path unit).
+func TestACMESettings(t *testing.T) {
+	dir := t.TempDir()
+	chatmailINI := filepath.Join(dir, "chatmail.ini")
+	os.WriteFile(chatmailINI, []byte("[params]\nmail_domain = Chat.Example\n"), 0o644)
+	load := func(extra string) *settings {
+		t.Helper()
+		path := filepath.Join(dir, "edge.ini")
+		os.WriteFile(path, []byte("[edge]\nchatmail_ini = "+chatmailINI+"\nstate_dir = /state\n"+extra), 0o644)
+		s, err := loadSettings(path, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	s := load("")
+	cfg := s.acmeConfig()
+	if s.certMode() != "acme" || cfg.StorageDir != "/state/acme" || cfg.CA != acme.LetsEncrypt || cfg.FallbackCA != acme.ZeroSSL ||
+		cfg.ExportCert != "/var/lib/acme/live/chat.example/fullchain" || cfg.ExportKey != "/var/lib/acme/live/chat.example/privkey" ||
+		!slices.Equal(cfg.Names, []string{"chat.example", "mta-sts.chat.example", "www.chat.example"}) ||
+		len(cfg.Reload) != 2 || !slices.Equal(cfg.Reload[1], []string{"systemctl", "reload", "postfix.service"}) {
+		t.Fatalf("defaults: mode %s, %+v", s.certMode(), cfg)
+	}
+	cfg = load("[ech]\npublic_name = front.example\n[acme]\nreload =\nexport_cert =\nexport_key =\nfallback_eab_key_id = k\nfallback_eab_hmac_key = h\n").acmeConfig()
+	if cfg.Reload != nil || cfg.ExportCert != "" || cfg.Names[3] != "front.example" || cfg.FallbackEAB == nil || cfg.FallbackEAB.KeyID != "k" {
+		t.Fatalf("overrides: %+v", cfg)
+	}
+	path := filepath.Join(dir, "edge.ini")
+	os.WriteFile(path, []byte("[edge]\nchatmail_ini = "+chatmailINI+"\n[acme]\nchallenges = dns-01\n"), 0o644)
+	if _, err := loadSettings(path, true); err == nil || !strings.Contains(err.Error(), path+":4: challenges") {
+		t.Fatalf("bad challenge type: %v", err)
+	}
+}
