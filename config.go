@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io/fs"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -49,6 +50,9 @@ type settings struct {
 	// [tls]
 	TLSCert string
 	TLSKey  string
+
+	// [tls] and [acme]: see certs.go.
+	Certs certSettings
 
 	// [web], [mta-sts], [admin]: see web_config.go.
 	webSettings
@@ -120,9 +124,11 @@ func backendMode(p func(*settings) *string) func(*settings, string) error {
 }
 
 // options lists every key of the configuration file, in the order
-// `config describe` prints them; the web's come last. It is static data,
-// never modified.
-var options = append([]option{
+// `config describe` prints them: the core's, the certificates', the web's.
+// It is static data, never modified.
+var options = slices.Concat(coreOptions, certOptions, webOptions)
+
+var coreOptions = []option{
 	{"edge", "chatmail_ini", defaultChatmailINI, "The relay's chatmail.ini; mail_domain, max_message_size and disable_ipv6 come from it.",
 		str(func(s *settings) *string { return &s.ChatmailINI })},
 	{"edge", "state_dir", "/var/lib/chatmail-edge", "Folder for ECH keys, TLS session ticket keys and certificates (created 0700).",
@@ -167,11 +173,11 @@ var options = append([]option{
 		backendMode(func(s *settings) *string { return &s.SMTPBackend.Mode })},
 	{"smtp", "address", "127.0.0.1:465", "Where Postfix listens for the edge.",
 		address(func(s *settings) *string { return &s.SMTPBackend.Address })},
-	{"tls", "cert", "", "PEM certificate chain to serve (with key). Empty: tls_external_cert_and_key from chatmail.ini, else /var/lib/acme/live/<mail_domain>/fullchain.",
+	{"tls", "cert", "", "PEM certificate chain to serve (with key), renewed by another program (chatmail's external mode). Empty: tls_external_cert_and_key from chatmail.ini; without it, a self-signed certificate for a mail_domain starting with _ or an IP address, else ACME (see [acme]).",
 		str(func(s *settings) *string { return &s.TLSCert })},
 	{"tls", "key", "", "PEM private key of cert.",
 		str(func(s *settings) *string { return &s.TLSKey })},
-}, webOptions...)
+}
 
 // loadSettings reads the edge's file (missing is fine unless required) and
 // then chatmail.ini. Errors name the file and line.

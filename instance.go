@@ -31,6 +31,9 @@ type instanceConfig struct {
 	HTTPAddr   string // plain HTTP listener; "" for none
 	HTTPSPort  int    // the public HTTPS port, for redirects and URLs
 	GetCert    func(*tls.ClientHelloInfo) (*tls.Certificate, error)
+	// WrapHTTP wraps the plain HTTP handler (:80), to answer ACME HTTP-01
+	// challenges; nil leaves the redirect alone.
+	WrapHTTP func(http.Handler) http.Handler
 	// Backends builds the mail backends with the edge's dialer.
 	Backends   func(dial func(context.Context, string, string) (net.Conn, error)) (edge.Backends, error)
 	NewAccount func() (string, string, error)

@@ -22,6 +22,8 @@ Usage:
   chatmail-edge ech show|rotate|retire [flags]
                                       print or change the ECH keys in the state folder
   chatmail-edge dns [flags]           print the DNS records for MTA-STS and ECH (HTTPS record)
+  chatmail-edge acme account-url [flags]
+                                      print the ACME account URL (for the CAA record)
   chatmail-edge config describe       print the configuration file with every key documented
   chatmail-edge version               print the version
 
@@ -49,6 +51,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		"serve":  cmdServe,
 		"probe":  cmdProbe,
 		"ech":    cmdECH,
+		"acme":   cmdACME,
 		"config": cmdConfig,
 		"dns":    cmdDNS,
 		"version": func([]string, io.Writer, io.Writer) error {

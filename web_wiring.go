@@ -67,7 +67,11 @@ func (in *instance) startWeb(backends edge.Backends) error {
 	in.https = web.NewHTTPServer(srv.Handler(), in.log, in.edge.HTTPConnState)
 	in.serve(in.https, in.edge.HTTPListener())
 	if in.httpLn != nil {
-		in.http = web.NewHTTPServer(srv.RedirectHandler(), in.log, nil)
+		redirect := srv.RedirectHandler()
+		if in.cfg.WrapHTTP != nil {
+			redirect = in.cfg.WrapHTTP(redirect) // ACME HTTP-01 answers
+		}
+		in.http = web.NewHTTPServer(redirect, in.log, nil)
 		in.serve(in.http, in.httpLn)
 	}
 	if in.adminLn != nil {
