@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -42,7 +43,7 @@ func lookup(ctx context.Context, resolver, name string, t uint16) ([]dns.RR, err
 		in, _, err = tcp.ExchangeContext(ctx, q, resolver)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("ask %s for %s %s: %w", resolver, name, dns.TypeToString[t], err)
+		return nil, fmt.Errorf("ask %s for %s %s: %w: %v", resolver, name, dns.TypeToString[t], errResolverUnreachable, err)
 	}
 	if in.Rcode != dns.RcodeSuccess && in.Rcode != dns.RcodeNameError {
 		return nil, fmt.Errorf("ask %s for %s %s: %s", resolver, name, dns.TypeToString[t], dns.RcodeToString[in.Rcode])
@@ -55,6 +56,10 @@ func lookup(ctx context.Context, resolver, name string, t uint16) ([]dns.RR, err
 	}
 	return rrs, nil
 }
+
+// errResolverUnreachable marks a question the resolver did not answer at
+// all (as opposed to answering with an error code for one name).
+var errResolverUnreachable = errors.New("no answer")
 
 // dnsCheck is the verdict on one record.
 type dnsCheck struct {
@@ -177,6 +182,10 @@ func checkZone(ctx context.Context, w io.Writer, resolver string, groups []dnsGr
 			}
 			if c.failed(r) {
 				failures++
+			}
+			if errors.Is(c.err, errResolverUnreachable) {
+				fmt.Fprintln(w, "; the resolver does not answer: the remaining records are not checked")
+				return max(failures, 1)
 			}
 		}
 	}

@@ -374,6 +374,18 @@ func TestDNSCheck(t *testing.T) {
 		}
 	}
 
+	// A resolver that does not answer: one error, not one per record.
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := pc.LocalAddr().String()
+	pc.Close()
+	out, code = r.dns(t, append(args, "--check", "--resolver", closed)...)
+	if code != 1 || strings.Count(out, "\nerror ") != 1 || !strings.Contains(out, "; the resolver does not answer") {
+		t.Fatalf("check without a resolver: exit %d:\n%s", code, out)
+	}
+
 	// The DKIM key not readable and no DKIM record: reported, not failed.
 	var noDKIM []dns.RR
 	for _, rr := range rrs {
