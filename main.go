@@ -21,7 +21,9 @@ Usage:
   chatmail-edge probe [flags] DOMAIN  check a running edge over IMAP, SMTP and HTTPS with ECH
   chatmail-edge ech show|rotate|retire [flags]
                                       print or change the ECH keys in the state folder
-  chatmail-edge dns [flags]           print the DNS records for MTA-STS and ECH (HTTPS record)
+  chatmail-edge dns [--zonefile | --check] [flags]
+                                      print the relay's DNS records (MX, DKIM, MTA-STS, CAA, HTTPS with
+                                      ECH, ...), as a BIND zone file, or check them against a resolver
   chatmail-edge acme account-url [flags]
                                       print the ACME account URL (for the CAA record)
   chatmail-edge config describe       print the configuration file with every key documented
