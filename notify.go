@@ -55,4 +55,3 @@ func reloading() []string {
 	}
 	return out
 }
-
