@@ -34,7 +34,8 @@ type reloadEnv struct {
 
 const reloadDomain = "chat-reload.test"
 
-func startReloadEnv(t *testing.T) (*reloadEnv, *x509.CertPool) {
+// newReloadFiles writes serve's files and starts the local delivery.
+func newReloadFiles(t *testing.T) (*reloadEnv, *x509.CertPool) {
 	t.Helper()
 	env := &reloadEnv{dir: t.TempDir(), hup: make(chan os.Signal, 1), done: make(chan error, 1)}
 	env.delivery = mail.NewLocalDelivery(reloadDomain, nil)
@@ -48,7 +49,12 @@ func startReloadEnv(t *testing.T) (*reloadEnv, *x509.CertPool) {
 	os.WriteFile(filepath.Join(env.dir, "chatmail.ini"), []byte("[params]\nmail_domain = "+reloadDomain+"\n"), 0o644)
 	env.config = filepath.Join(env.dir, "chatmail-edge.ini")
 	env.writeConfig(t, "")
+	return env, roots
+}
 
+func startReloadEnv(t *testing.T) (*reloadEnv, *x509.CertPool) {
+	t.Helper()
+	env, roots := newReloadFiles(t)
 	socket := filepath.Join(env.dir, "notify")
 	env.notices = notifyListener(t, socket)
 	s, err := parseConfigFlags(newFlagSet("serve", io.Discard, "serve"), []string{"--config", env.config})
@@ -279,3 +285,39 @@ func (env *reloadEnv) getHTTPS(t *testing.T, roots *x509.CertPool, path string) 
 	return string(body)
 }
 
+
+// TestServeProcessSignals runs serve as systemd does (Type=notify,
+// ExecReload=kill -HUP): real signals, a real $NOTIFY_SOCKET. A SIGHUP
+// that comes with SIGTERM, during shutdown, must not change the clean exit.
+func TestServeProcessSignals(t *testing.T) {
+	env, _ := newReloadFiles(t)
+	socket := filepath.Join(env.dir, "notify")
+	notices := notifyListener(t, socket)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	cmd := command(ctx, "serve", "--config", env.config)
+	cmd.Env = append(cmd.Env, "NOTIFY_SOCKET="+socket)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	expect := func(prefix string) {
+		t.Helper()
+		if msg := nextNotice(t, notices); !strings.HasPrefix(msg, prefix) {
+			t.Fatalf("notice %q, want %q first; stderr:\n%s", msg, prefix, stderr.String())
+		}
+	}
+	expect("READY=1\nSTATUS=serving " + reloadDomain)
+	cmd.Process.Signal(syscall.SIGHUP)
+	expect("RELOADING=1\nMONOTONIC_USEC=")
+	expect("READY=1\nSTATUS=serving " + reloadDomain)
+	cmd.Process.Signal(syscall.SIGTERM)
+	cmd.Process.Signal(syscall.SIGHUP)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("serve: %v; stderr:\n%s", err, stderr.String())
+	}
+	// Sent before the exit, so in the socket now (a reload may come first).
+	for !strings.HasPrefix(nextNotice(t, notices), "STOPPING=1\nSTATUS=stopping") {
+	}
+}
