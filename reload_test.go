@@ -285,7 +285,6 @@ func (env *reloadEnv) getHTTPS(t *testing.T, roots *x509.CertPool, path string) 
 	return string(body)
 }
 
-
 // TestServeProcessSignals runs serve as systemd does (Type=notify,
 // ExecReload=kill -HUP): real signals, a real $NOTIFY_SOCKET. A SIGHUP
 // that comes with SIGTERM, during shutdown, must not change the clean exit.
