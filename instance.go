@@ -174,7 +174,7 @@ func (in *instance) watchECHKeys() {
 func (in *instance) reloadECHKeys() {
 	set, err := in.loadECHKeys()
 	if err != nil {
-		in.log.Error("ECH keys unreadable, keeping the keys in use", zap.String("dir", echDir(in.cfg.StateDir)), zap.Error(err))
+		in.log.Error("ECH keys unreadable, keeping the keys in use", zap.Error(err))
 		return
 	}
 	in.useECHKeys(set)
