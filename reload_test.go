@@ -160,7 +160,7 @@ func (env *reloadEnv) dial(roots *x509.CertPool) (*tls.Conn, error) {
 // each of 5 reloads: new limits, a new certificate, a broken configuration
 // (refused, the old one stays), a good one again with rotated ECH keys and
 // another MTA-STS mode, and a listener change (needs a restart: not
-// applied).
+// applied); then a broken certificate file, refused too.
 func TestReloadUnderLoad(t *testing.T) {
 	env, roots := startReloadEnv(t)
 	const n = 200
@@ -263,6 +263,17 @@ func TestReloadUnderLoad(t *testing.T) {
 		t.Fatalf("imaps moved from %s to %s", imapsBefore, got)
 	}
 	allNoop("reload 5 (listener)")
+
+	// And a certificate file cut short is refused like a broken config.
+	os.WriteFile(env.certFile, []byte("-----BEGIN CERTIFICATE-----\n"), 0o644)
+	if st := env.reload(t); !strings.Contains(st, "reload refused") || !strings.Contains(st, env.certFile) {
+		t.Fatalf("status after a broken certificate file: %q", st)
+	}
+	if c, err = env.dial(roots2); err != nil || !c.ConnectionState().PeerCertificates[0].Equal(second.Leaf) {
+		t.Fatalf("the certificate in use was not kept: %v", err)
+	}
+	c.Close()
+	allNoop("a refused certificate")
 }
 
 // getHTTPS fetches path through the edge's 443 with ECH.
