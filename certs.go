@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"chatmail-edge/acme"
@@ -212,7 +214,14 @@ func (c *certs) Status() []acme.CertStatus { return c.source.Status() }
 // servingEdge is what serve runs: the instance and its certificates.
 type servingEdge struct {
 	*instance
-	certs *certs
+	log      *zap.Logger
+	certsNow atomic.Pointer[certs] // a reload may replace them (see reload.go)
+	// startSettings are the settings the edge started with; a reload
+	// compares what only a restart can change with them.
+	startSettings *settings
+
+	reloadMu sync.Mutex // one reload at a time, none once shutdown began
+	stopping bool       // guarded by reloadMu
 }
 
 // startServe starts serve's edge. onListening runs between the listeners
@@ -227,11 +236,18 @@ func startServe(ctx context.Context, s *settings, log *zap.Logger, onListening f
 	if err != nil {
 		return nil, err
 	}
-	cfg.GetCert, cfg.WrapHTTP, cfg.Certs = c.getCert, c.wrapHTTP, c
+	e := &servingEdge{log: log, startSettings: s}
+	e.certsNow.Store(c)
+	// Handshakes and the status page ask the certificates in use. The ACME
+	// manager (and with it the HTTP-01 handler) is never replaced: a change
+	// of the certificate source needs a restart.
+	cfg.GetCert = func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) { return e.certs().getCert(hello) }
+	cfg.WrapHTTP, cfg.Certs = c.wrapHTTP, e
 	in, err := startInstance(cfg, log)
 	if err != nil {
 		return nil, err
 	}
+	e.instance = in
 	if onListening != nil {
 		if err := onListening(in); err != nil {
 			in.shutdown()
@@ -242,10 +258,19 @@ func startServe(ctx context.Context, s *settings, log *zap.Logger, onListening f
 		in.shutdown()
 		return nil, fmt.Errorf("certificates: %w", err)
 	}
-	return &servingEdge{instance: in, certs: c}, nil
+	return e, nil
 }
 
+// certs are the certificates in use.
+func (e *servingEdge) certs() *certs { return e.certsNow.Load() }
+
+// Status is for the status page.
+func (e *servingEdge) Status() []acme.CertStatus { return e.certs().Status() }
+
 func (e *servingEdge) shutdown() {
-	e.certs.stop()
+	e.reloadMu.Lock()
+	e.stopping = true
+	e.reloadMu.Unlock()
+	e.certs().stop()
 	e.instance.shutdown()
 }

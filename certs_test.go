@@ -220,7 +220,7 @@ func TestServeIssuesThroughHTTP01(t *testing.T) {
 	if err != nil || resp.StatusCode != 301 {
 		t.Fatalf("unknown challenge path: %v %v", resp, err)
 	}
-	for _, st := range e.certs.Status() {
+	for _, st := range e.certs().Status() {
 		if st.Source != "acme" || st.LastError != "" || st.NotAfter.IsZero() {
 			t.Errorf("status %+v", st)
 		}
@@ -292,12 +292,12 @@ func TestServeKeepsServingWhileCAIsDown(t *testing.T) {
 	env.pebbleReady = func() { env.pebble.SetMode(acmetest.Down) }
 	e := env.start(t)
 	acmetest.WaitFor(t, 10*time.Second, "the failure in the status", func() error {
-		for _, st := range e.certs.Status() {
+		for _, st := range e.certs().Status() {
 			if st.Names[0] == env.publicName && strings.Contains(st.LastError, env.pebble.URL) && st.NextAttempt.After(st.LastErrorAt) {
 				return nil
 			}
 		}
-		return fmt.Errorf("status %+v", e.certs.Status())
+		return fmt.Errorf("status %+v", e.certs().Status())
 	})
 	if _, err := e.dialECH(env.domain, env.pebble.Roots()); err != nil {
 		t.Fatalf("the mail domain is not served while the CA is down: %v", err)
@@ -369,7 +369,7 @@ func TestServeSelfAndExternalModes(t *testing.T) {
 				t.Fatalf("%s: %v", name, err)
 			}
 		}
-		if st := e.certs.Status(); len(st) != 1 || st[0].Source != "self" {
+		if st := e.certs().Status(); len(st) != 1 || st[0].Source != "self" {
 			t.Fatalf("status %+v", st)
 		}
 	})
@@ -388,7 +388,7 @@ func TestServeSelfAndExternalModes(t *testing.T) {
 		second, roots2 := testcert.SelfSigned(t, "chat-ext.test")
 		writeKeyPair(t, certFile, keyFile, second)
 		select {
-		case <-e.certs.watched.Changed():
+		case <-e.certs().watched.Changed():
 		case <-time.After(10 * time.Second):
 			t.Fatal("the replaced files were not noticed")
 		}

@@ -51,7 +51,8 @@ type instance struct {
 	cfg     instanceConfig
 	log     *zap.Logger
 	edge    *edge.Edge
-	web     *web.Server
+	webNow  atomic.Pointer[webServing] // see useWeb
+	started time.Time
 	https   *http.Server
 	http    *http.Server
 	httpLn  net.Listener
@@ -64,6 +65,7 @@ type instance struct {
 	wg      sync.WaitGroup
 
 	publishMu sync.Mutex // serialises writes of the METADATA file
+	echMu     sync.Mutex // serialises changes of the ECH keys
 }
 
 // echKeyCheckInterval is how often the ECH folder is re-read, so that
@@ -78,7 +80,7 @@ func startInstance(cfg instanceConfig, log *zap.Logger) (*instance, error) {
 		return nil, fmt.Errorf("create state folder: %w", err)
 	}
 	log, recent := teeRecentLog(log)
-	in := &instance{cfg: cfg, log: log, recent: recent, stop: make(chan struct{})}
+	in := &instance{cfg: cfg, log: log, recent: recent, stop: make(chan struct{}), started: time.Now()}
 
 	names := []string{cfg.Domain, "www." + cfg.Domain, "mta-sts." + cfg.Domain, "autoconfig." + cfg.Domain, cfg.PublicName}
 	keys, created, err := edge.EnsureECHKeys(echDir(cfg.StateDir), cfg.PublicName, edge.MaxNameLength(names...), time.Now())
@@ -170,15 +172,32 @@ func (in *instance) watchECHKeys() {
 }
 
 func (in *instance) reloadECHKeys() {
+	set, err := in.loadECHKeys()
+	if err != nil {
+		in.log.Error("ECH keys unreadable, keeping the keys in use", zap.Error(err))
+		return
+	}
+	in.useECHKeys(set)
+}
+
+// loadECHKeys reads the ECH folder, which must hold a current key.
+func (in *instance) loadECHKeys() (*edge.ECHKeySet, error) {
 	dir := echDir(in.cfg.StateDir)
 	set, err := edge.LoadECHKeys(dir)
 	if err == nil && set.Current() == nil {
 		err = errors.New("no keys left")
 	}
 	if err != nil {
-		in.log.Error("ECH keys unreadable, keeping the keys in use", zap.String("dir", dir), zap.Error(err))
-		return
+		return nil, fmt.Errorf("ECH keys in %s: %w", dir, err)
 	}
+	return set, nil
+}
+
+// useECHKeys serves set if it differs from the keys in use. The watch and
+// a reload both call it, one at a time.
+func (in *instance) useECHKeys(set *edge.ECHKeySet) {
+	in.echMu.Lock()
+	defer in.echMu.Unlock()
 	if sameKeys(set, in.echKeys.Load()) {
 		return
 	}

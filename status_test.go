@@ -42,7 +42,7 @@ func (d *demo) adminGet(t *testing.T, path string) (*http.Response, []byte) {
 // admin listener show what they should, with real probe results.
 func TestStatusPages(t *testing.T) {
 	d := startTestDemo(t, t.TempDir())
-	d.web.CheckHealth(t.Context())
+	d.currentWeb().CheckHealth(t.Context())
 	newAccount(t, d) // some traffic for the counters
 
 	resp, page := d.get(t, "chatmail.localhost", "/status")
@@ -87,7 +87,7 @@ func TestStatusPages(t *testing.T) {
 func TestStatusPageHasNoSecrets(t *testing.T) {
 	state := t.TempDir()
 	d := startTestDemo(t, state)
-	d.web.CheckHealth(t.Context())
+	d.currentWeb().CheckHealth(t.Context())
 	_, password := newAccount(t, d)
 	_, page := d.get(t, "chatmail.localhost", "/status")
 	_, admin := d.adminGet(t, "/status") // the public page, served on loopback too
@@ -124,7 +124,7 @@ func TestStatusPageHasNoSecrets(t *testing.T) {
 // listener has no /metrics.
 func TestMetricsOnAdminOnly(t *testing.T) {
 	d := startTestDemo(t, t.TempDir())
-	d.web.CheckHealth(t.Context())
+	d.currentWeb().CheckHealth(t.Context())
 	newAccount(t, d)
 	resp, body := d.adminGet(t, "/metrics")
 	if resp.StatusCode != 200 || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/plain") {
@@ -198,7 +198,7 @@ func TestStatusPageInChromium(t *testing.T) {
 		t.Skip("chromium is not installed (apt-get install chromium; .ci/run does): skipping the browser test")
 	}
 	d := startTestDemo(t, t.TempDir())
-	d.web.CheckHealth(t.Context())
+	d.currentWeb().CheckHealth(t.Context())
 	newAccount(t, d)
 	artifacts := os.Getenv("ARTIFACTS_DIR")
 	if artifacts == "" {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -32,25 +33,31 @@ func teeRecentLog(log *zap.Logger) (*zap.Logger, *web.RecentLog) {
 	})), recent
 }
 
-// startWeb builds the web server and serves it on the edge's HTTP handoff,
-// the plain HTTP listener and the admin listener, and starts the health
-// checks.
-func (in *instance) startWeb(backends edge.Backends) error {
-	cfg := in.cfg.Web
-	cfg.Domain, cfg.HTTPSPort, cfg.Version = in.cfg.Domain, in.cfg.HTTPSPort, version()
-	cfg.SelfMode = selfSignedMode(in.cfg.Domain)
-	if cfg.Autoconfig.Custom {
-		// Autoconfig lists the edge's own ports, as bound (the demo's).
-		cfg.Autoconfig.IMAPS, cfg.Autoconfig.SMTPS, cfg.Autoconfig.HTTPS = in.boundPort("imaps"), in.boundPort("smtps"), in.boundPort("https")
+// webServing is one build of the web server with its handlers. A reload
+// builds a new one and swaps it in whole; requests already running finish
+// on the old one.
+type webServing struct {
+	srv                    *web.Server
+	https, redirect, admin http.Handler
+	retired                chan struct{} // closed when replaced: ends its health checks
+}
+
+// buildWeb checks wc and builds the web server for it, without serving it.
+// The demo's autoconfig lists the edge's own ports, as bound.
+func (in *instance) buildWeb(wc web.Config, backends edge.Backends) (*webServing, error) {
+	wc.Domain, wc.HTTPSPort, wc.Version = in.cfg.Domain, in.cfg.HTTPSPort, version()
+	wc.SelfMode = selfSignedMode(in.cfg.Domain)
+	if wc.Autoconfig.Custom {
+		wc.Autoconfig.IMAPS, wc.Autoconfig.SMTPS, wc.Autoconfig.HTTPS = in.boundPort("imaps"), in.boundPort("smtps"), in.boundPort("https")
 	}
 	// ECH works on the edge's listeners only, not on Dovecot's or Postfix's ports.
-	cfg.Autoconfig.ECH = nil
+	wc.Autoconfig.ECH = nil
 	for _, name := range []string{"https", "imaps", "smtps"} {
 		if port := in.boundPort(name); port != 0 {
-			cfg.Autoconfig.ECH = append(cfg.Autoconfig.ECH, port)
+			wc.Autoconfig.ECH = append(wc.Autoconfig.ECH, port)
 		}
 	}
-	srv, err := web.New(cfg, web.Deps{
+	srv, err := web.New(wc, web.Deps{
 		Log:           in.log.Named("web"),
 		ECHConfigList: func() []byte { return in.echKeys.Load().ConfigList() },
 		ECHKey:        in.echKeyInfo,
@@ -59,26 +66,63 @@ func (in *instance) startWeb(backends edge.Backends) error {
 		EdgeStats:     func() web.EdgeStats { return edgeStats(in.edge.Snapshot()) },
 		Probes:        backendProbes(backends),
 		Recent:        in.recent,
+		Started:       in.started,
 	})
 	if err != nil {
-		return fmt.Errorf("%w: %v", errConfig, err)
+		return nil, fmt.Errorf("%w: %v", errConfig, err)
 	}
-	in.web = srv
-	in.https = web.NewHTTPServer(srv.Handler(), in.log, in.edge.HTTPConnState)
+	ws := &webServing{srv: srv, https: srv.Handler(), redirect: srv.RedirectHandler(), admin: srv.AdminHandler(), retired: make(chan struct{})}
+	if in.cfg.WrapHTTP != nil {
+		ws.redirect = in.cfg.WrapHTTP(ws.redirect) // ACME HTTP-01 answers
+	}
+	return ws, nil
+}
+
+// useWeb serves ws from now on and starts its health checks; the one it
+// replaces stops checking.
+func (in *instance) useWeb(ws *webServing) {
+	old := in.webNow.Swap(ws)
+	in.wg.Go(func() {
+		stop := make(chan struct{})
+		in.wg.Go(func() {
+			select {
+			case <-in.stop:
+			case <-ws.retired:
+			}
+			close(stop)
+		})
+		ws.srv.WatchHealth(stop)
+	})
+	if old != nil {
+		close(old.retired)
+	}
+}
+
+// currentWeb is the web server in use.
+func (in *instance) currentWeb() *web.Server { return in.webNow.Load().srv }
+
+// startWeb builds the web server and serves it on the edge's HTTP handoff,
+// the plain HTTP listener and the admin listener, and starts the health
+// checks. The servers always use the current build (see useWeb).
+func (in *instance) startWeb(backends edge.Backends) error {
+	ws, err := in.buildWeb(in.cfg.Web, backends)
+	if err != nil {
+		return err
+	}
+	in.useWeb(ws)
+	current := func(h func(*webServing) http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { h(in.webNow.Load()).ServeHTTP(w, r) })
+	}
+	in.https = web.NewHTTPServer(current(func(ws *webServing) http.Handler { return ws.https }), in.log, in.edge.HTTPConnState)
 	in.serve(in.https, in.edge.HTTPListener())
 	if in.httpLn != nil {
-		redirect := srv.RedirectHandler()
-		if in.cfg.WrapHTTP != nil {
-			redirect = in.cfg.WrapHTTP(redirect) // ACME HTTP-01 answers
-		}
-		in.http = web.NewHTTPServer(redirect, in.log, nil)
+		in.http = web.NewHTTPServer(current(func(ws *webServing) http.Handler { return ws.redirect }), in.log, nil)
 		in.serve(in.http, in.httpLn)
 	}
 	if in.adminLn != nil {
-		in.admin = web.NewHTTPServer(srv.AdminHandler(), in.log, nil)
+		in.admin = web.NewHTTPServer(current(func(ws *webServing) http.Handler { return ws.admin }), in.log, nil)
 		in.serve(in.admin, in.adminLn)
 	}
-	in.wg.Go(func() { srv.WatchHealth(in.stop) })
 	return nil
 }
 

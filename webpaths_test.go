@@ -414,7 +414,7 @@ func TestDeadUpstreamGives502(t *testing.T) {
 			t.Fatalf("%s: body %q", path, body)
 		}
 	}
-	d.web.CheckHealth(t.Context())
+	d.currentWeb().CheckHealth(t.Context())
 	_, page := d.get(t, "chatmail.localhost", "/status")
 	for _, name := range []string{"filtermail", "iroh-relay"} {
 		if !regexpService(name, "down").Match(page) {

@@ -218,3 +218,32 @@ func TestManagerBadInputKeepsServing(t *testing.T) {
 		return err
 	})
 }
+
+// Recheck (a reload) retries a failed name at once instead of at its next
+// attempt, here an hour away.
+func TestManagerRecheckRetriesAtOnce(t *testing.T) {
+	domain, extra := "recheck.test", "ech-recheck.test"
+	cfg := Config{Domain: domain, StorageDir: t.TempDir(), Retry: fastRetry}
+	m, e, p := startManager(t, cfg, acmetest.Options{}, domain, extra)
+	if err := m.Start(context.Background(), e.listeners()); err != nil {
+		t.Fatal(err)
+	}
+	m.Stop()
+
+	p.SetMode(acmetest.Down)
+	cfg.Names, cfg.Retry = []string{extra}, Backoff{Initial: time.Hour, Max: time.Hour}
+	m2, e2 := newManagerOn(t, p, cfg, domain, extra)
+	start(t, m2, e2)
+	waitFor(t, 10*time.Second, "the failure in Status", func() error {
+		if s := statusOf(m2, extra); s.LastError == "" || time.Until(s.NextAttempt) < 30*time.Minute {
+			return fmt.Errorf("status %+v", s)
+		}
+		return nil
+	})
+	p.SetMode(acmetest.Up)
+	m2.Recheck()
+	waitFor(t, 20*time.Second, "the certificate after Recheck", func() error {
+		_, err := e2.served(t, extra, p.Roots())
+		return err
+	})
+}

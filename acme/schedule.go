@@ -303,6 +303,25 @@ func (m *Manager) refreshARI(ctx context.Context, st *nameState) {
 	st.ariNext = next
 }
 
+// Recheck looks at every name now, as on SIGHUP: a name waiting for a
+// retry after a failure is tried again at once (the backoff still counts
+// its failures), and the renewal window of each own certificate is asked
+// for again (RFC 9773 §4.2). Before Start it takes effect when Start runs.
+func (m *Manager) Recheck() {
+	now := time.Now()
+	m.mu.Lock()
+	for _, st := range m.states {
+		if st.failures > 0 {
+			st.due = now
+		}
+		if st.own && !st.ariBusy {
+			st.ariNext = now
+		}
+	}
+	m.mu.Unlock()
+	m.poke()
+}
+
 // poke makes the worker look at every name again.
 func (m *Manager) poke() {
 	select {

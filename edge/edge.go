@@ -38,6 +38,7 @@ type Edge struct {
 	echKeys     atomic.Pointer[[]tls.EncryptedClientHelloKey]
 	echConfigID atomic.Uint32 // of the current key, for the status page
 	backends    atomic.Pointer[Backends]
+	limits      atomic.Pointer[Limits] // cfg's timeouts and limits, changed by SetLimits
 
 	listeners []*listener
 	poller    *poller // nil: no parking (platform or Config.NoParking)
@@ -53,6 +54,13 @@ type Edge struct {
 	sessions  map[*session]struct{}
 	pending   map[*pendingConn]struct{}
 	httpConns map[net.Conn]*listener
+	// Handshake workers, resized by SetLimits; the first three are guarded by mu.
+	started       bool // Start ran
+	workers       int  // running
+	wantWorkers   int
+	workerSurplus atomic.Int32                  // workers - wantWorkers, read without mu
+	retireWorkers atomic.Pointer[chan struct{}] // closed when workers should check for surplus
+	limitsChanged chan struct{}                 // tells the sweeper to pick its interval again
 
 	nextTicketRotation time.Time // touched by Start and the sweeper only
 
@@ -82,7 +90,13 @@ func New(cfg Config, log *zap.Logger, getCert func(*tls.ClientHelloInfo) (*tls.C
 		httpConns: make(map[net.Conn]*listener),
 		stop:      make(chan struct{}),
 		http:      newHandoffListener(),
+
+		limitsChanged: make(chan struct{}, 1),
 	}
+	wake := make(chan struct{})
+	e.retireWorkers.Store(&wake)
+	limits := cfg.limits()
+	e.limits.Store(&limits)
 	e.bufs.New = func() any { return new([bufSize]byte) }
 	e.echKeys.Store(&noECHKeys)
 	e.backends.Store(&Backends{})
@@ -148,9 +162,10 @@ func (e *Edge) Start() error {
 			return err
 		}
 	}
-	for range e.cfg.MaxHandshakes {
-		e.wg.Go(e.handshakeWorker)
-	}
+	e.mu.Lock()
+	e.started = true
+	e.resizeHandshakeWorkers(e.Limits().MaxHandshakes)
+	e.mu.Unlock()
 	e.wg.Go(e.sweep)
 	for _, l := range e.listeners {
 		e.wg.Go(l.acceptLoop)
@@ -254,14 +269,14 @@ func (e *Edge) forgetSession(s *session) {
 // sweep closes sessions that sat idle or half-closed too long, and
 // connections that never sent a ClientHello.
 func (e *Edge) sweep() {
-	interval := min(e.cfg.HandshakeTimeout, e.cfg.IdleTimeout, e.cfg.LingerTimeout) / 4
-	interval = max(10*time.Millisecond, min(interval, 5*time.Second))
-	t := time.NewTicker(interval)
+	t := time.NewTicker(e.sweepInterval())
 	defer t.Stop()
 	for {
 		select {
 		case <-e.stop:
 			return
+		case <-e.limitsChanged:
+			t.Reset(e.sweepInterval())
 		case now := <-t.C:
 			e.sweepOnce(now)
 			if e.cfg.TicketKeyFile != "" && now.After(e.nextTicketRotation) {
@@ -274,6 +289,12 @@ func (e *Edge) sweep() {
 	}
 }
 
+func (e *Edge) sweepInterval() time.Duration {
+	l := e.limits.Load()
+	interval := min(l.HandshakeTimeout, l.IdleTimeout, l.LingerTimeout) / 4
+	return max(10*time.Millisecond, min(interval, 5*time.Second))
+}
+
 func (e *Edge) sweepOnce(now time.Time) {
 	type expiredSession struct {
 		s      *session
@@ -282,6 +303,7 @@ func (e *Edge) sweepOnce(now time.Time) {
 	var sessions []expiredSession
 	var silent []*pendingConn
 	nowNs := now.UnixNano()
+	handshakeTimeout := e.limits.Load().HandshakeTimeout
 	e.mu.Lock()
 	for s := range e.sessions {
 		if ok, reason := s.expired(nowNs); ok {
@@ -289,7 +311,7 @@ func (e *Edge) sweepOnce(now time.Time) {
 		}
 	}
 	for pc := range e.pending {
-		if pc.state == waitingForHello && now.Sub(pc.accepted) > e.cfg.HandshakeTimeout {
+		if pc.state == waitingForHello && now.Sub(pc.accepted) > handshakeTimeout {
 			silent = append(silent, pc)
 		}
 	}

@@ -38,12 +38,13 @@ const (
 func (e *Edge) admit(l *listener, c *net.TCPConn) {
 	l.stats.accepted.Add(1)
 	id := e.nextID.Add(1)
-	if e.activeConns.Add(1) > int64(e.cfg.MaxConnections) {
+	maxConns := e.limits.Load().MaxConnections
+	if e.activeConns.Add(1) > int64(maxConns) {
 		e.activeConns.Add(-1)
 		l.stats.failures[FailOverload].Add(1)
 		_ = c.SetLinger(0)
 		_ = c.Close()
-		e.log.Warn("connection limit reached, refusing", zap.Uint64("conn", id), zap.String("listener", l.cfg.Name), zap.Int("limit", e.cfg.MaxConnections))
+		e.log.Warn("connection limit reached, refusing", zap.Uint64("conn", id), zap.String("listener", l.cfg.Name), zap.Int("limit", maxConns))
 		return
 	}
 	l.stats.active.Add(1)
@@ -130,9 +131,16 @@ func (e *Edge) dropPending(pc *pendingConn, reason FailReason, detail string) {
 // storm of connections waits in e.queue, in order, instead of thrashing.
 func (e *Edge) handshakeWorker() {
 	for {
+		// Load the wake-up channel before looking for a surplus, so that a
+		// SetLimits in between closes the channel this worker waits on.
+		wake := e.retireWorkers.Load()
+		if e.retireWorker() {
+			return
+		}
 		select {
 		case <-e.stop:
 			return
+		case <-*wake: // SetLimits lowered MaxHandshakes
 		case pc := <-e.queue:
 			e.handshake(pc)
 		}
@@ -149,7 +157,7 @@ func (e *Edge) handshake(pc *pendingConn) {
 	e.mu.Unlock()
 
 	l, tc := pc.l, pc.tc
-	deadline := pc.accepted.Add(e.cfg.HandshakeTimeout)
+	deadline := pc.accepted.Add(e.limits.Load().HandshakeTimeout)
 	if !time.Now().Before(deadline) {
 		e.dropPending(pc, FailTimeout, "queued past the handshake timeout")
 		return
@@ -236,7 +244,7 @@ func (e *Edge) connectBackend(pc *pendingConn, conn *tls.Conn, route Route, cs *
 	var bconn net.Conn
 	err := errNoBackend
 	if b != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), e.cfg.BackendTimeout)
+		ctx, cancel := context.WithTimeout(context.Background(), e.limits.Load().BackendTimeout)
 		bconn, err = b.Dial(ctx, mail.ClientInfo{
 			Source: tc.remote, Destination: tc.local,
 			TLSVersion: cs.Version, CipherSuite: cs.CipherSuite,

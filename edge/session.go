@@ -133,7 +133,7 @@ func (p *pump) run() {
 }
 
 func (p *pump) write(b []byte) error {
-	p.dstTCP.SetWriteDeadline(time.Now().Add(p.s.e.cfg.IdleTimeout))
+	p.dstTCP.SetWriteDeadline(time.Now().Add(p.s.e.limits.Load().IdleTimeout))
 	n, err := p.dst.Write(b)
 	p.bytes.Add(uint64(n))
 	return err
@@ -220,10 +220,11 @@ func (s *session) close(reason string, err error) {
 
 // expired reports whether the sweeper should close the session.
 func (s *session) expired(now int64) (bool, string) {
-	if hc := s.halfClosed.Load(); hc != 0 && now-hc > int64(s.e.cfg.LingerTimeout) {
+	l := s.e.limits.Load()
+	if hc := s.halfClosed.Load(); hc != 0 && now-hc > int64(l.LingerTimeout) {
 		return true, "half-closed too long"
 	}
-	if now-s.lastActive.Load() > int64(s.e.cfg.IdleTimeout) {
+	if now-s.lastActive.Load() > int64(l.IdleTimeout) {
 		return true, "idle timeout"
 	}
 	return false, ""

@@ -79,6 +79,9 @@ type Deps struct {
 	Probes []Probe
 	// Recent holds the latest warnings and errors for the admin page.
 	Recent *RecentLog
+	// Started is when the edge started, for the uptime: a reload builds a
+	// new Server but the process keeps running. Zero is now.
+	Started time.Time
 }
 
 // ECHKeyInfo is what the status page shows of the current ECH key: nothing
@@ -152,7 +155,10 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	if deps.Log == nil {
 		deps.Log = zap.NewNop()
 	}
-	s := &Server{cfg: cfg, deps: deps, log: deps.Log, started: time.Now(), now: time.Now, mux: http.NewServeMux()}
+	s := &Server{cfg: cfg, deps: deps, log: deps.Log, started: deps.Started, now: time.Now, mux: http.NewServeMux()}
+	if s.started.IsZero() {
+		s.started = time.Now()
+	}
 	s.site = &site{dir: cfg.SiteDir, log: deps.Log}
 	s.newAcct = newNewAccounts(cfg, deps)
 	for _, u := range []struct{ name, url string }{{"filtermail", cfg.MXDeliv}, {"iroh-relay", cfg.IrohRelay}} {

@@ -1,0 +1,123 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"reflect"
+
+	"chatmail-edge/edge"
+
+	"go.uber.org/zap"
+)
+
+// errStopping refuses a reload that comes while serve shuts down.
+var errStopping = errors.New("shutting down")
+
+// reload re-reads the configuration (load reads the edge's file and
+// chatmail.ini, as at start) and the ECH keys, and applies them to the
+// running edge. Everything is read and checked first; on an error nothing
+// changes and the configuration in force stays whole. Then it applies the
+// limits and timeouts, the mail backends, the web side, the ECH keys and
+// the certificates (files read again; the ACME manager looks at every name
+// now). Established connections stay: only new ones see the changes.
+//
+// What only a restart can change (listen addresses, the state folder, the
+// mail domain, the certificate source, ...) is not applied at all, not even
+// in part: restart lists what differs from the running edge's start, for a
+// warning.
+func (e *servingEdge) reload(load func() (*settings, error)) (restart []string, err error) {
+	e.reloadMu.Lock()
+	defer e.reloadMu.Unlock()
+	if e.stopping {
+		return nil, errStopping
+	}
+
+	// Read and check everything.
+	s, err := load()
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := s.instanceConfig()
+	if err != nil {
+		return nil, err
+	}
+	backends, err := cfg.Backends(e.edge.DialBackend)
+	if err != nil {
+		return nil, fmt.Errorf("%w: mail backends: %v", errConfig, err)
+	}
+	ws, err := e.buildWeb(cfg.Web, backends)
+	if err != nil {
+		return nil, err
+	}
+	echKeys, err := e.loadECHKeys()
+	if err != nil {
+		return nil, err
+	}
+	restart = e.startSettings.restartOnly(s)
+	var fresh *certs
+	if old := e.certs(); old.manager == nil {
+		// Files are read again (external, self); a changed source that a
+		// reload cannot take (to or from ACME) keeps the files in use.
+		from := s
+		if s.certMode() != old.mode {
+			from = e.startSettings
+		}
+		if fresh, err = newCerts(from, e.log); err != nil {
+			return nil, err
+		}
+	}
+
+	// Apply; nothing below fails.
+	l := cfg.Edge
+	if err := e.edge.SetLimits(edge.Limits{
+		HandshakeTimeout: l.HandshakeTimeout, IdleTimeout: l.IdleTimeout, BackendTimeout: l.BackendTimeout,
+		MaxConnections: l.MaxConnections, MaxHandshakes: l.MaxHandshakes,
+	}); err != nil {
+		e.log.Error("cannot change the edge's limits", zap.Error(err)) // parsing allows positive values only
+	}
+	e.edge.SetBackends(backends)
+	e.useWeb(ws)
+	e.useECHKeys(echKeys)
+	if fresh != nil {
+		old := e.certs()
+		_ = fresh.start(context.Background(), e.instance) // watches the files; fails in acme mode only
+		e.certsNow.Store(fresh)
+		old.stop()
+	} else {
+		e.certs().manager.Recheck()
+	}
+	if len(restart) > 0 {
+		e.log.Warn("configuration reloaded, but these settings changed and take effect only at a restart", zap.Strings("settings", restart))
+	} else {
+		e.log.Info("configuration reloaded")
+	}
+	return restart, nil
+}
+
+// restartOnly names the settings that differ between s (the edge's start)
+// and next and that a running edge cannot change: its listeners, folders,
+// names and certificate source.
+func (s *settings) restartOnly(next *settings) []string {
+	var out []string
+	differ := func(name string, a, b any) {
+		if !reflect.DeepEqual(a, b) {
+			out = append(out, name)
+		}
+	}
+	differ("[edge] https", s.listenAddr(s.HTTPS), next.listenAddr(next.HTTPS))
+	differ("[edge] imaps", s.listenAddr(s.IMAPS), next.listenAddr(next.IMAPS))
+	differ("[edge] smtps", s.listenAddr(s.SMTPS), next.listenAddr(next.SMTPS))
+	differ("[edge] http", s.listenAddr(s.HTTP), next.listenAddr(next.HTTP))
+	differ("[admin] address", s.AdminAddress, next.AdminAddress)
+	differ("[edge] state_dir", s.StateDir, next.StateDir)
+	differ("[edge] log_level", s.LogLevel, next.LogLevel)
+	differ("mail_domain (chatmail.ini)", s.MailDomain, next.MailDomain)
+	differ("[ech] public_name", s.ECHPublicName, next.ECHPublicName)
+	differ("[ech] metadata_file", s.ECHMetadataFile, next.ECHMetadataFile)
+	differ("certificate mode ([tls] cert, chatmail.ini)", s.certMode(), next.certMode())
+	if s.certMode() == "acme" && next.certMode() == "acme" {
+		differ("[acme]", s.acmeConfig(), next.acmeConfig())
+	}
+	return out
+}
