@@ -87,16 +87,16 @@ func (in *installer) header(what string) {
 
 func (in *installer) install(mode, configFile string) error {
 	in.header("install, " + mode + " mode,")
-	s, configData, err := in.preflight(mode, configFile)
-	if err != nil {
-		return err
-	}
 	rec, err := in.loadRecord()
 	if err != nil {
 		return err
 	}
 	if rec.Mode != "" && rec.Mode != mode {
 		return fmt.Errorf("chatmail-edge is installed in %s mode: run `chatmail-edge uninstall` first to change to %s mode", rec.Mode, mode)
+	}
+	s, configData, err := in.preflight(mode, configFile)
+	if err != nil {
+		return err
 	}
 	rec.Mode = mode
 	fmt.Fprintf(in.out, "  ok     chatmail relay %s, certificates: %s\n", s.MailDomain, s.certMode())

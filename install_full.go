@@ -1,11 +1,13 @@
 package main
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io/fs"
 	"net"
 	"os"
+	"os/exec"
 	"strings"
 	"time"
 
@@ -235,8 +237,18 @@ func (in *installer) checkMailConfig() error {
 	if !strings.Contains(out, "inet_listener imap_edge") {
 		return fmt.Errorf("doveconf -n does not show the imap_edge listener of %s", dovecotDropIn)
 	}
-	if _, err := in.postconf("-n"); err != nil {
-		return err
+	// postconf warns (on stderr, with exit status 0) about a $parameter
+	// that main.cf does not define: the PROXY service's restrictions
+	// would silently be empty.
+	pc := exec.Command("postconf", "-c", in.path(postfixDir), "-n")
+	pcOut, err := pc.CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("postconf -n: %w: %s", err, bytes.TrimSpace(pcOut))
+	}
+	for line := range strings.Lines(string(pcOut)) {
+		if strings.Contains(line, "warning:") && strings.Contains(line, "undefined parameter") {
+			return fmt.Errorf("postconf -n: %s (full mode needs chatmail's main.cf)", strings.TrimSpace(line))
+		}
 	}
 	out, err = in.postconf("-M", edgeService)
 	if err != nil {

@@ -321,3 +321,15 @@ func TestPortHolders(t *testing.T) {
 		t.Errorf("apache2 on 443: %v", err)
 	}
 }
+
+// The unit keeps a configuration error (exit status exitConfig) from
+// restarting in a loop.
+func TestUnitKnowsConfigExitStatus(t *testing.T) {
+	units, err := systemd.Units(systemd.Params{Binary: installedBinary, Config: defaultConfigFile})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "\nRestartPreventExitStatus=" + strconv.Itoa(exitConfig) + "\n"; !strings.Contains(string(units[0].Data), want) {
+		t.Errorf("unit lacks %q", want)
+	}
+}
