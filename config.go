@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io/fs"
 	"net"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -182,23 +183,31 @@ var coreOptions = []option{
 // loadSettings reads the edge's file (missing is fine unless required) and
 // then chatmail.ini. Errors name the file and line.
 func loadSettings(path string, required bool) (*settings, error) {
+	f, err := ini.ReadFile(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist) && !required:
+		f = nil
+	case err != nil:
+		return nil, fmt.Errorf("%w: read %s: %v", errConfig, path, err)
+	}
+	return settingsFrom(f, "/")
+}
+
+// settingsFrom applies the edge's file f (nil: all defaults) and reads
+// chatmail.ini below root ("/", or the folder `install --root` fills).
+func settingsFrom(f *ini.File, root string) (*settings, error) {
 	s := &settings{}
 	for _, o := range options {
 		if err := o.set(s, o.def); err != nil && o.def != "" {
 			panic(fmt.Sprintf("default of %s.%s: %v", o.section, o.key, err))
 		}
 	}
-	f, err := ini.ReadFile(path)
-	switch {
-	case errors.Is(err, fs.ErrNotExist) && !required:
-	case err != nil:
-		return nil, fmt.Errorf("%w: read %s: %v", errConfig, path, err)
-	default:
+	if f != nil {
 		if err := applyFile(s, f); err != nil {
 			return nil, fmt.Errorf("%w: %v", errConfig, err)
 		}
 	}
-	if err := s.readChatmailINI(); err != nil {
+	if err := s.readChatmailINI(filepath.Join(root, s.ChatmailINI)); err != nil {
 		return nil, fmt.Errorf("%w: %v", errConfig, err)
 	}
 	return s, nil
@@ -230,15 +239,15 @@ func applyFile(s *settings, f *ini.File) error {
 }
 
 // readChatmailINI takes what the edge needs from the relay's chatmail.ini.
-func (s *settings) readChatmailINI() error {
-	f, err := ini.ReadFile(s.ChatmailINI)
+func (s *settings) readChatmailINI(path string) error {
+	f, err := ini.ReadFile(path)
 	if err != nil {
-		return fmt.Errorf("read chatmail.ini %s: %v", s.ChatmailINI, err)
+		return fmt.Errorf("read chatmail.ini %s: %v", path, err)
 	}
 	get := func(key string) *ini.Value { return f.Get("params", key) }
 	v := get("mail_domain")
 	if v == nil || v.Value == "" {
-		return fmt.Errorf("%s: mail_domain is missing in [params]", s.ChatmailINI)
+		return fmt.Errorf("%s: mail_domain is missing in [params]", path)
 	}
 	s.MailDomain = strings.ToLower(v.Value)
 	s.MaxMessageSize = 31457280 // chatmaild's default

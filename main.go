@@ -21,6 +21,10 @@ Usage:
   chatmail-edge probe [flags] DOMAIN  check a running edge over IMAP, SMTP and HTTPS with ECH
   chatmail-edge ech show|rotate|retire [flags]
                                       print or change the ECH keys in the state folder
+  chatmail-edge install [--mode default|full] [--root DIR] [--dry-run]
+                                      install on a chatmail relay, taking over from nginx and acmetool
+  chatmail-edge uninstall [--root DIR] [--dry-run]
+                                      remove the edge and give the relay back to nginx and acmetool
   chatmail-edge dns [--zonefile | --check] [flags]
                                       print the relay's DNS records (MX, DKIM, MTA-STS, CAA, HTTPS with
                                       ECH, ...), as a BIND zone file, or check them against a resolver
@@ -49,13 +53,15 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	commands := map[string]func([]string, io.Writer, io.Writer) error{
-		"demo":   cmdDemo,
-		"serve":  cmdServe,
-		"probe":  cmdProbe,
-		"ech":    cmdECH,
-		"acme":   cmdACME,
-		"config": cmdConfig,
-		"dns":    cmdDNS,
+		"demo":      cmdDemo,
+		"serve":     cmdServe,
+		"probe":     cmdProbe,
+		"ech":       cmdECH,
+		"acme":      cmdACME,
+		"config":    cmdConfig,
+		"dns":       cmdDNS,
+		"install":   cmdInstall,
+		"uninstall": cmdUninstall,
 		"version": func([]string, io.Writer, io.Writer) error {
 			fmt.Fprintln(stdout, "chatmail-edge", version())
 			return nil

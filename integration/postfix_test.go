@@ -71,7 +71,7 @@ const postfixSMTPS = `127.0.0.1:%d inet  n       -       n       -       5000   
   -o smtpd_tls_wrappermode=yes
   -o smtpd_tls_security_level=encrypt
   -o smtpd_tls_mandatory_protocols=>=TLSv1.3
-` + chatmailSubmissionOptions
+` + mail.ChatmailSubmissionOptions
 
 // postfixInternalServices are the rest of chatmail's master.cf that local
 // delivery uses, none chrooted.

@@ -1,0 +1,79 @@
+// Package systemd holds the systemd units of chatmail-edge, embedded in the
+// binary for `chatmail-edge install`.
+package systemd
+
+import (
+	"bytes"
+	"embed"
+	"fmt"
+	"text/template"
+)
+
+//go:embed *.service *.path *.sysusers
+var files embed.FS
+
+// Unit names.
+const (
+	Service       = "chatmail-edge.service"
+	ReloadPath    = "chatmail-edge-mail-reload.path"
+	ReloadService = "chatmail-edge-mail-reload.service"
+	// User is the service user that Sysusers creates.
+	User     = "chatmail-edge"
+	Sysusers = "chatmail-edge.sysusers"
+)
+
+// Params fill in the units' paths.
+type Params struct {
+	Binary     string // the installed binary, /usr/local/bin/chatmail-edge
+	Config     string // the edge's configuration file
+	ExportCert string // the certificate exported for Postfix and Dovecot; "" for none
+}
+
+// Unit is one rendered file.
+type Unit struct {
+	Name string
+	Data []byte
+}
+
+// Units renders the service, and the privileged reload of Postfix and
+// Dovecot when p exports a certificate to them.
+func Units(p Params) ([]Unit, error) {
+	names := []string{Service}
+	if p.ExportCert != "" {
+		names = append(names, ReloadPath, ReloadService)
+	}
+	var units []Unit
+	for _, name := range names {
+		data, err := render(name, p)
+		if err != nil {
+			return nil, err
+		}
+		units = append(units, Unit{Name: name, Data: data})
+	}
+	return units, nil
+}
+
+// SysusersConf is the sysusers.d(5) entry of the service user.
+func SysusersConf() []byte {
+	data, err := files.ReadFile(Sysusers)
+	if err != nil {
+		panic(err) // embedded
+	}
+	return data
+}
+
+func render(name string, p Params) ([]byte, error) {
+	text, err := files.ReadFile(name)
+	if err != nil {
+		return nil, err
+	}
+	t, err := template.New(name).Option("missingkey=error").Parse(string(text))
+	if err != nil {
+		return nil, fmt.Errorf("unit %s: %w", name, err)
+	}
+	var b bytes.Buffer
+	if err := t.Execute(&b, p); err != nil {
+		return nil, fmt.Errorf("unit %s: %w", name, err)
+	}
+	return b.Bytes(), nil
+}

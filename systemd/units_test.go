@@ -1,0 +1,111 @@
+package systemd
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// maxExposure is the highest `systemd-analyze security` score the service
+// may have (0 is fully sandboxed, 10 not at all).
+const maxExposure = 2.5
+
+func requireSystemdAnalyze(t *testing.T) string {
+	t.Helper()
+	bin, err := exec.LookPath("systemd-analyze")
+	if err != nil {
+		t.Skip("systemd-analyze is not installed (apt-get install systemd; .ci/run does)")
+	}
+	return bin
+}
+
+// renderTo writes the units into dir. ExecStart names this test's own
+// binary: verify checks that the command exists and is executable.
+func renderTo(t *testing.T, dir string) []string {
+	t.Helper()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	units, err := Units(Params{Binary: self, Config: "/etc/chatmail-edge/chatmail-edge.ini", ExportCert: "/var/lib/acme/live/chat.example.org/fullchain"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var paths []string
+	for _, u := range units {
+		p := filepath.Join(dir, u.Name)
+		if err := os.WriteFile(p, u.Data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		paths = append(paths, p)
+	}
+	if len(paths) != 3 {
+		t.Fatalf("want the service, the path unit and its service, got %v", paths)
+	}
+	return paths
+}
+
+func TestUnitsVerify(t *testing.T) {
+	bin := requireSystemdAnalyze(t)
+	paths := renderTo(t, t.TempDir())
+	out, err := exec.Command(bin, append([]string{"verify", "--man=no"}, paths...)...).CombinedOutput()
+	if err != nil || len(strings.TrimSpace(string(out))) > 0 {
+		t.Fatalf("systemd-analyze verify: %v\n%s", err, out)
+	}
+}
+
+func TestUnitSecurityExposure(t *testing.T) {
+	bin := requireSystemdAnalyze(t)
+	paths := renderTo(t, t.TempDir())
+	out, err := exec.Command(bin, "security", "--offline=yes", "--no-pager", paths[0]).CombinedOutput()
+	if err != nil {
+		t.Fatalf("systemd-analyze security: %v\n%s", err, out)
+	}
+	m := regexp.MustCompile(`Overall exposure level for ` + regexp.QuoteMeta(Service) + `: ([0-9.]+)`).FindSubmatch(out)
+	if m == nil {
+		t.Fatalf("no exposure level in:\n%s", out)
+	}
+	score, err := strconv.ParseFloat(string(m[1]), 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("systemd-analyze security --offline=yes: exposure %.1f (at most %.1f)", score, maxExposure)
+	if score > maxExposure {
+		t.Errorf("exposure %.1f above %.1f:\n%s", score, maxExposure, out)
+	}
+}
+
+// The unit holds what the edge relies on: sd_notify, SIGHUP reload, no
+// restart loop on a configuration error (main.go's exitConfig), the
+// capability for low ports, and enough file descriptors.
+func TestServiceUnitSettings(t *testing.T) {
+	units, err := Units(Params{Binary: "/usr/local/bin/chatmail-edge", Config: "/etc/chatmail-edge/chatmail-edge.ini"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(units) != 1 {
+		t.Fatalf("without an export there is no reload path unit: %v", units)
+	}
+	unit := string(units[0].Data)
+	for _, line := range []string{
+		"Type=notify", "ExecReload=/bin/kill -HUP $MAINPID", "RestartPreventExitStatus=78",
+		"AmbientCapabilities=CAP_NET_BIND_SERVICE", "User=" + User, "StateDirectory=chatmail-edge",
+		"ConfigurationDirectory=chatmail-edge", "ProtectSystem=strict", "SystemCallFilter=@system-service",
+		"MemoryDenyWriteExecute=yes", "ExecStart=/usr/local/bin/chatmail-edge serve --config /etc/chatmail-edge/chatmail-edge.ini",
+	} {
+		if !strings.Contains(unit, "\n"+line+"\n") {
+			t.Errorf("unit lacks %q", line)
+		}
+	}
+	m := regexp.MustCompile(`\nLimitNOFILE=(\d+)\n`).FindStringSubmatch(unit)
+	if m == nil {
+		t.Fatal("unit has no LimitNOFILE")
+	}
+	if n, _ := strconv.Atoi(m[1]); n < 65536 {
+		t.Errorf("LimitNOFILE %v, want at least 65536", m)
+	}
+}
