@@ -73,7 +73,7 @@ func cmdAll(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 
 // runFigures starts the lab, runs the figures (printing each one's rows as
 // it completes) and then the whole table.
-func runFigures(ctx context.Context, name string, figs []figure, args []string, stdout, stderr io.Writer) error {
+func runFigures(ctx context.Context, name string, figs []figure, args []string, stdout, stderr io.Writer) (err error) {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	opts := addLabFlags(fs)
@@ -92,15 +92,25 @@ func runFigures(ctx context.Context, name string, figs []figure, args []string, 
 	if err != nil {
 		return err
 	}
-	defer l.close()
+	defer func() {
+		if err != nil {
+			l.opts.Keep = true // the logs tell what went wrong
+		}
+		l.close()
+	}()
 
 	started := time.Now()
 	noise := startNoiseMeter()
 	var rows []row
 	for _, f := range figs {
 		fmt.Fprintf(stderr, "== %s: %s\n", f.Name, f.What)
-		fr, err := f.Run(ctx, l, fo, stderr)
+		var fr []row
+		fr, err = f.Run(ctx, l, fo, stderr)
 		if err != nil {
+			if len(rows) > 0 {
+				fmt.Fprintf(stdout, "## %s, stopped by a failure; the figures measured before it\n\n", name)
+				printTable(stdout, rows)
+			}
 			return fmt.Errorf("figure %s: %w", f.Name, err)
 		}
 		printTable(stderr, fr)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"strings"
@@ -105,16 +106,27 @@ func (d *daemon) PID() int {
 	return d.cmd.Process.Pid
 }
 
-// roots is the daemon's process for a procGroup.
+// roots is the daemon's process for a procGroup. A daemon that exited
+// without being stopped is an error that says how it ended.
 func (d *daemon) roots() ([]int, error) {
-	if pid := d.PID(); pid != 0 {
-		return []int{pid}, nil
+	d.mu.Lock()
+	cmd, done := d.cmd, d.done
+	d.mu.Unlock()
+	switch {
+	case cmd == nil:
+		return nil, fmt.Errorf("%s is not running", d.Name)
+	case isClosed(done):
+		return nil, fmt.Errorf("%s exited unexpectedly (%v); %s", d.Name, cmd.ProcessState, d.logTail())
 	}
-	return nil, fmt.Errorf("%s is not running", d.Name)
+	return []int{cmd.Process.Pid}, nil
 }
 
 // stop sends SIGTERM to the main process (it stops its workers and
-// helpers), waits, and kills whatever is left in the process group.
+// helpers), then, as systemd does, SIGTERM to whatever is left in the
+// process group (a Dovecot helper may outlive its master), and SIGKILL to
+// what is left after the grace time. It returns once the group is gone and
+// the daemon's ports are closed, so that a new start cannot be fooled by a
+// dying process that still holds a listening socket.
 func (d *daemon) stop() error {
 	d.mu.Lock()
 	cmd, done := d.cmd, d.done
@@ -124,20 +136,49 @@ func (d *daemon) stop() error {
 		return nil
 	}
 	pgid := cmd.Process.Pid
+	var errs []error
 	cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-done:
 	case <-time.After(stopGrace):
-		syscall.Kill(-pgid, syscall.SIGKILL)
-		<-done
-		return fmt.Errorf("stop %s: still running %v after SIGTERM, killed", d.Name, stopGrace)
+		errs = append(errs, fmt.Errorf("stop %s: still running %v after SIGTERM, killed", d.Name, stopGrace))
 	}
-	// Workers or helpers that outlived their master.
-	if err := syscall.Kill(-pgid, 0); err == nil {
-		time.Sleep(500 * time.Millisecond)
-		syscall.Kill(-pgid, syscall.SIGKILL)
+	gone := func() bool { return len(groupMembers(pgid)) == 0 }
+	if !gone() {
+		syscall.Kill(-pgid, syscall.SIGTERM)
+		if !pollUntil(gone, stopGrace) {
+			syscall.Kill(-pgid, syscall.SIGKILL)
+			if !pollUntil(gone, stopGrace) {
+				errs = append(errs, fmt.Errorf("stop %s: processes %v survive SIGKILL", d.Name, groupMembers(pgid)))
+			}
+		}
 	}
-	return nil
+	<-done
+	closed := func() bool {
+		for _, p := range d.Ports {
+			if c, err := net.DialTimeout("tcp", p, time.Second); err == nil {
+				c.Close()
+				return false
+			}
+		}
+		return true
+	}
+	if !pollUntil(closed, stopGrace) {
+		errs = append(errs, fmt.Errorf("stop %s: its ports %v still accept connections", d.Name, d.Ports))
+	}
+	return errors.Join(errs...)
+}
+
+// pollUntil checks cond every 20 ms until it holds (true) or limit passes.
+func pollUntil(cond func() bool, limit time.Duration) bool {
+	deadline := time.Now().Add(limit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return true
 }
 
 func (d *daemon) restart(ctx context.Context) error {

@@ -54,15 +54,24 @@ var figures = []figure{
 }
 
 // rounds runs measure for every stack in every run, rotating the order so
-// that no stack always goes first (or always runs right after another).
-func rounds(ctx context.Context, runs int, stacks []stack, measure func(run int, s stack) error) error {
+// that no stack always goes first (or always runs right after another). A
+// failed measurement is retried once on freshly started processes: other
+// work on a shared machine can get in the way (it is logged).
+func rounds(ctx context.Context, runs int, stacks []stack, log io.Writer, measure func(run int, s stack) error) error {
 	for r := range runs {
 		for k := range stacks {
-			if err := ctx.Err(); err != nil {
-				return err
-			}
 			s := stacks[(k+r)%len(stacks)]
-			if err := measure(r, s); err != nil {
+			err := measure(r, s)
+			if err != nil && ctx.Err() == nil {
+				fmt.Fprintf(log, "run %d, %s failed, retrying once after restarting its processes: %v\n", r+1, s.Name, err)
+				if err = s.restart(ctx); err == nil {
+					err = measure(r, s)
+				}
+			}
+			if err == nil {
+				err = ctx.Err()
+			}
+			if err != nil {
 				return fmt.Errorf("run %d, %s: %w", r+1, s.Name, err)
 			}
 		}
@@ -85,7 +94,7 @@ func figureHandshake(ctx context.Context, l *lab, o *figureOptions, log io.Write
 	stacks := []stack{l.edgeStack(true), l.todayStack(), l.termStack(), l.edgeStack(false)}
 	cpu, front, rate := series{}, series{}, series{}
 	cfg := handshakeConfig{N: o.HandshakeN, Concurrency: o.Concurrency, Warmup: max(100, o.HandshakeN/10), Timeout: time.Minute}
-	err := rounds(ctx, o.Runs, stacks, func(run int, s stack) error {
+	err := rounds(ctx, o.Runs, stacks, log, func(run int, s stack) error {
 		res, err := runHandshakes(ctx, s.Target, s.groups(), cfg)
 		if err != nil {
 			return err
@@ -141,7 +150,7 @@ func idleRows(ctx context.Context, l *lab, o *figureOptions, log io.Writer, traf
 		name, target, limit = fmt.Sprintf("after %s each way", sizeString(o.Traffic)), "≤ 32 KiB", 32
 	}
 	front, back, opened := series{}, series{}, series{}
-	err := rounds(ctx, o.Runs, stacks, func(run int, s stack) error {
+	err := rounds(ctx, o.Runs, stacks, log, func(run int, s stack) error {
 		if err := s.restart(ctx); err != nil {
 			return err
 		}
@@ -188,7 +197,7 @@ func figureBulk(ctx context.Context, l *lab, o *figureOptions, log io.Writer) ([
 		for _, conns := range []int{1, 8} {
 			cpu, mbps := series{}, series{}
 			cfg := bulkConfig{Conns: conns, Bytes: o.BulkBytes, Direction: dir, Timeout: 10 * time.Minute}
-			err := rounds(ctx, o.Runs, stacks, func(run int, s stack) error {
+			err := rounds(ctx, o.Runs, stacks, log, func(run int, s stack) error {
 				res, err := runBulk(ctx, s.Target, s.groups(), cfg)
 				if err != nil {
 					return err
@@ -236,7 +245,7 @@ func stormRows(ctx context.Context, l *lab, o *figureOptions, log io.Writer, n i
 	if !afterRestart {
 		name = "full handshakes"
 	}
-	err := rounds(ctx, o.Runs, stacks, func(run int, s stack) error {
+	err := rounds(ctx, o.Runs, stacks, log, func(run int, s stack) error {
 		if err := s.restart(ctx); err != nil {
 			return err
 		}
@@ -292,7 +301,7 @@ func stormRows(ctx context.Context, l *lab, o *figureOptions, log io.Writer, n i
 func figureResume(ctx context.Context, l *lab, o *figureOptions, log io.Writer) ([]row, error) {
 	stacks := []stack{l.edgeStack(true), l.termStack(), l.todayStack()}
 	cpu, before, after, echOK := series{}, series{}, series{}, series{}
-	err := rounds(ctx, o.Runs, stacks, func(run int, s stack) error {
+	err := rounds(ctx, o.Runs, stacks, log, func(run int, s stack) error {
 		cfg := handshakeConfig{N: o.HandshakeN, Concurrency: o.Concurrency, Resume: true, Timeout: time.Minute}
 		cfg.Caches = newSessionCaches(cfg.N)
 		res, err := runHandshakes(ctx, s.Target, s.groups(), cfg)

@@ -35,8 +35,9 @@ type procUsage struct {
 
 // procInfo is what one /proc/<pid>/stat line says.
 type procInfo struct {
-	PID, PPID int
-	Comm      string
+	PID, PPID, PGID int
+	Comm            string
+	State           byte // R, S, Z (zombie) ...
 	// Ticks are utime+stime+cutime+cstime. /proc/<pid>/stat sums all
 	// threads of the process; the children's part keeps the total steady
 	// when a helper exits and its parent reaps it during a measurement.
@@ -59,9 +60,12 @@ func parseStat(line string) (procInfo, error) {
 	if len(fields) < 15 {
 		return procInfo{}, fmt.Errorf("parse stat %q: %d fields after the name, want at least 15", line, len(fields))
 	}
-	info := procInfo{PID: pid, Comm: line[open+1 : end]}
+	info := procInfo{PID: pid, Comm: line[open+1 : end], State: fields[0][0]}
 	if info.PPID, err = strconv.Atoi(fields[1]); err != nil {
 		return procInfo{}, fmt.Errorf("parse stat %q: ppid: %w", line, err)
+	}
+	if info.PGID, err = strconv.Atoi(fields[2]); err != nil {
+		return procInfo{}, fmt.Errorf("parse stat %q: pgrp: %w", line, err)
 	}
 	for _, i := range []int{11, 12, 13, 14} { // utime, stime, cutime, cstime
 		n, err := strconv.ParseInt(fields[i], 10, 64)
@@ -291,4 +295,19 @@ func rootsByCgroup(dir string) func() ([]int, error) {
 		}
 		return out, nil
 	}
+}
+
+// groupMembers lists the live (not zombie) processes of process group pgid.
+func groupMembers(pgid int) []int {
+	procs, err := readProcs()
+	if err != nil {
+		return nil
+	}
+	var out []int
+	for _, p := range procs {
+		if p.PGID == pgid && p.State != 'Z' {
+			out = append(out, p.PID)
+		}
+	}
+	return out
 }

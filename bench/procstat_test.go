@@ -13,7 +13,7 @@ func TestParseStat(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := procInfo{PID: 4242, PPID: 17, Comm: "imap (login) x", Ticks: 120 + 35 + 7 + 3}
+	want := procInfo{PID: 4242, PPID: 17, PGID: 4242, Comm: "imap (login) x", State: 'S', Ticks: 120 + 35 + 7 + 3}
 	if got != want {
 		t.Errorf("parseStat = %+v, want %+v", got, want)
 	}
