@@ -29,6 +29,10 @@ type demoConfig struct {
 	IMAPSPort int
 	SMTPSPort int
 	HTTPPort  int
+	AdminPort int // loopback admin listener: detailed status page and metrics
+
+	// Not flags: tests point the demo at their own upstreams and files.
+	web demoWeb
 }
 
 func defaultDemoState() string {
@@ -51,6 +55,7 @@ func cmdDemo(args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&c.IMAPSPort, "imaps-port", 8993, "implicit-TLS IMAP port")
 	fs.IntVar(&c.SMTPSPort, "smtps-port", 8465, "implicit-TLS SMTP submission port")
 	fs.IntVar(&c.HTTPPort, "http-port", 8080, "plain HTTP port (redirects to HTTPS)")
+	fs.IntVar(&c.AdminPort, "admin-port", 8081, "admin port on 127.0.0.1: detailed status page and /metrics")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -106,6 +111,7 @@ func startDemo(c demoConfig, log *zap.Logger) (*demo, error) {
 	if err != nil {
 		return nil, err
 	}
+	certs := acme.NewStatic(leaf, "local-ca")
 
 	delivery := mail.NewLocalDelivery(c.Domain, log.Named("delivery"))
 	if err := delivery.Start(); err != nil {
@@ -126,11 +132,16 @@ func startDemo(c demoConfig, log *zap.Logger) (*demo, error) {
 		},
 		HTTPAddr:  addr(c.HTTPPort),
 		HTTPSPort: c.HTTPSPort,
-		GetCert:   acme.NewStatic(leaf, "local-ca").GetCertificate,
+		GetCert:   certs.GetCertificate,
 		Backends: func(dial func(context.Context, string, string) (net.Conn, error)) (edge.Backends, error) {
 			return demoBackends(delivery, dial)
 		},
 		NewAccount: delivery.CreateAccount,
+
+		Web:          c.webConfig(),
+		AdminAddr:    net.JoinHostPort("127.0.0.1", strconv.Itoa(c.AdminPort)),
+		MetadataFile: c.metadataFile(),
+		Certs:        certs,
 	}, log)
 	if err != nil {
 		delivery.Close()
@@ -186,6 +197,7 @@ func (d *demo) printBanner(w io.Writer) {
 	}
 	row("CA certificate", d.ca.CertFile)
 	row("ECH config list (base64)", keys.Base64())
+	d.printWebRows(row)
 	row("demo account", d.user+" / "+d.password)
 	fmt.Fprintf(w, "\nCheck it, with ECH, from another terminal:\n  %s\n\n", strings.Join(probe, " "))
 	fmt.Fprintln(w, "ready")

@@ -2,69 +2,41 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
 	"flag"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"strings"
 	"syscall"
 
-	"chatmail-edge/acme"
 	"chatmail-edge/edge"
 	"chatmail-edge/mail"
 )
 
 func cmdServe(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("serve", stderr, "serve [flags]")
-	configFile := fs.String("config", defaultConfigFile, "the edge's configuration file (see `chatmail-edge config describe`)")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("%w: unexpected argument %q", errUsage, fs.Arg(0))
-	}
-	s, err := loadSettings(*configFile, flagWasSet(fs, "config"))
+	s, log, err := loadCommand(newFlagSet("serve", stderr, "serve [flags]"), args, stderr)
 	if err != nil {
 		return err
-	}
-	log, err := newLogger(stderr, s.LogLevel)
-	if err != nil {
-		return fmt.Errorf("%w: %v", errConfig, err)
 	}
 	defer log.Sync()
 
-	cfg, err := s.instanceConfig()
-	if err != nil {
-		return err
-	}
-	in, err := startInstance(cfg, log)
-	if err != nil {
-		return err
-	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	e, err := startServe(ctx, s, log, nil)
+	if err != nil {
+		return err
+	}
 	<-ctx.Done()
 	log.Info("stopping")
-	in.shutdown()
+	e.shutdown()
 	return nil
 }
 
-// instanceConfig turns the settings into the running parts' configuration.
+// instanceConfig turns the settings into the running parts' configuration;
+// the certificates come from certs.go (startServe fills them in).
 func (s *settings) instanceConfig() (instanceConfig, error) {
-	certFile, keyFile := s.TLSCert, s.TLSKey
-	if certFile == "" {
-		// acmetool's files, which Dovecot and Postfix read too.
-		live := filepath.Join("/var/lib/acme/live", s.MailDomain)
-		certFile, keyFile = filepath.Join(live, "fullchain"), filepath.Join(live, "privkey")
-	}
-	pair, err := tls.LoadX509KeyPair(certFile, keyFile)
-	if err != nil {
-		return instanceConfig{}, fmt.Errorf("%w: load certificate %s and key %s: %v", errConfig, certFile, keyFile, err)
-	}
 	var listeners []edge.ListenerConfig
 	for _, l := range []struct {
 		name, addr string
@@ -73,10 +45,6 @@ func (s *settings) instanceConfig() (instanceConfig, error) {
 		if l.addr != "" {
 			listeners = append(listeners, edge.ListenerConfig{Name: l.name, Address: s.listenAddr(l.addr), Kind: l.kind})
 		}
-	}
-	httpsPort := 443
-	if _, port, err := net.SplitHostPort(s.HTTPS); err == nil {
-		fmt.Sscan(port, &httpsPort)
 	}
 	httpAddr := ""
 	if s.HTTP != "" {
@@ -96,8 +64,7 @@ func (s *settings) instanceConfig() (instanceConfig, error) {
 			Hostname:         s.MailDomain,
 		},
 		HTTPAddr:  httpAddr,
-		HTTPSPort: httpsPort,
-		GetCert:   acme.NewStatic(&pair, "external").GetCertificate,
+		HTTPSPort: s.httpsPort(),
 		Backends: func(dial func(context.Context, string, string) (net.Conn, error)) (edge.Backends, error) {
 			imapB, err := mail.NewBackend(s.IMAPBackend.config(mail.IMAP, s, dial))
 			if err != nil {
@@ -109,6 +76,10 @@ func (s *settings) instanceConfig() (instanceConfig, error) {
 			}
 			return edge.Backends{IMAP: imapB, SMTP: smtpB}, nil
 		},
+
+		Web:          s.webConfig(),
+		AdminAddr:    s.AdminAddress,
+		MetadataFile: s.ECHMetadataFile,
 	}, nil
 }
 

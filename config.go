@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io/fs"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -38,8 +39,9 @@ type settings struct {
 	LogLevel         string
 
 	// [ech]
-	ECHPublicName  string
-	ECHRetireGrace time.Duration
+	ECHPublicName   string
+	ECHRetireGrace  time.Duration
+	ECHMetadataFile string
 
 	// [imap], [smtp]
 	IMAPBackend backendSettings
@@ -48,6 +50,12 @@ type settings struct {
 	// [tls]
 	TLSCert string
 	TLSKey  string
+
+	// [tls] and [acme]: see certs.go.
+	Certs certSettings
+
+	// [web], [mta-sts], [admin]: see web_config.go.
+	webSettings
 
 	// From chatmail.ini ([params]).
 	MailDomain     string
@@ -116,8 +124,11 @@ func backendMode(p func(*settings) *string) func(*settings, string) error {
 }
 
 // options lists every key of the configuration file, in the order
-// `config describe` prints them. It is static data, never modified.
-var options = []option{
+// `config describe` prints them: the core's, the certificates', the web's.
+// It is static data, never modified.
+var options = slices.Concat(coreOptions, certOptions, webOptions)
+
+var coreOptions = []option{
 	{"edge", "chatmail_ini", defaultChatmailINI, "The relay's chatmail.ini; mail_domain, max_message_size and disable_ipv6 come from it.",
 		str(func(s *settings) *string { return &s.ChatmailINI })},
 	{"edge", "state_dir", "/var/lib/chatmail-edge", "Folder for ECH keys, TLS session ticket keys and certificates (created 0700).",
@@ -152,6 +163,8 @@ var options = []option{
 		str(func(s *settings) *string { return &s.ECHPublicName })},
 	{"ech", "retire_grace", "720h", "`chatmail-edge ech retire` drops keys superseded longer ago than this. Clients holding an older config get retry configs while its key exists.",
 		duration(func(s *settings) *time.Duration { return &s.ECHRetireGrace })},
+	{"ech", "metadata_file", "/run/chatmail-edge/ech-config-list", "The published ECHConfigList, base64 on one line, rewritten atomically when the keys change: for chatmail's IMAP METADATA service (docs/AUTOCONFIG.md). Empty disables it.",
+		str(func(s *settings) *string { return &s.ECHMetadataFile })},
 	{"imap", "backend", "tls", "tls: re-encrypt to Dovecot's implicit-TLS port (no Dovecot change). proxy: plaintext with a PROXY v2 header to a haproxy=yes listener (see docs/PROXY.md).",
 		backendMode(func(s *settings) *string { return &s.IMAPBackend.Mode })},
 	{"imap", "address", "127.0.0.1:993", "Where Dovecot listens for the edge.",
@@ -160,7 +173,7 @@ var options = []option{
 		backendMode(func(s *settings) *string { return &s.SMTPBackend.Mode })},
 	{"smtp", "address", "127.0.0.1:465", "Where Postfix listens for the edge.",
 		address(func(s *settings) *string { return &s.SMTPBackend.Address })},
-	{"tls", "cert", "", "PEM certificate chain to serve (with key). Empty: tls_external_cert_and_key from chatmail.ini, else /var/lib/acme/live/<mail_domain>/fullchain.",
+	{"tls", "cert", "", "PEM certificate chain to serve (with key), renewed by another program (chatmail's external mode). Empty: tls_external_cert_and_key from chatmail.ini; without it, a self-signed certificate for a mail_domain starting with _ or an IP address, else ACME (see [acme]).",
 		str(func(s *settings) *string { return &s.TLSCert })},
 	{"tls", "key", "", "PEM private key of cert.",
 		str(func(s *settings) *string { return &s.TLSKey })},

@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"chatmail-edge/acme"
 	"chatmail-edge/edge"
 	"chatmail-edge/web"
 
@@ -30,9 +31,19 @@ type instanceConfig struct {
 	HTTPAddr   string // plain HTTP listener; "" for none
 	HTTPSPort  int    // the public HTTPS port, for redirects and URLs
 	GetCert    func(*tls.ClientHelloInfo) (*tls.Certificate, error)
+	// WrapHTTP wraps the plain HTTP handler (:80), to answer ACME HTTP-01
+	// challenges; nil leaves the redirect alone.
+	WrapHTTP func(http.Handler) http.Handler
 	// Backends builds the mail backends with the edge's dialer.
 	Backends   func(dial func(context.Context, string, string) (net.Conn, error)) (edge.Backends, error)
 	NewAccount func() (string, string, error)
+
+	// Web configures the HTTP side (see web_wiring.go); startInstance fills
+	// in its Domain, HTTPSPort, Version and SelfMode.
+	Web          web.Config
+	AdminAddr    string            // loopback listener of the detailed status page and /metrics; "" for none
+	MetadataFile string            // the ECH config list for chatmail's IMAP METADATA; "" for none
+	Certs        acme.StatusSource // certificates, for the status page and metrics
 }
 
 // instance is a running edge with its web servers.
@@ -44,10 +55,15 @@ type instance struct {
 	https   *http.Server
 	http    *http.Server
 	httpLn  net.Listener
+	admin   *http.Server
+	adminLn net.Listener
+	recent  *web.RecentLog
 	echKeys atomic.Pointer[edge.ECHKeySet]
 	stop    chan struct{}
 	stopped sync.Once
 	wg      sync.WaitGroup
+
+	publishMu sync.Mutex // serialises writes of the METADATA file
 }
 
 // echKeyCheckInterval is how often the ECH folder is re-read, so that
@@ -61,7 +77,8 @@ func startInstance(cfg instanceConfig, log *zap.Logger) (*instance, error) {
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create state folder: %w", err)
 	}
-	in := &instance{cfg: cfg, log: log, stop: make(chan struct{})}
+	log, recent := teeRecentLog(log)
+	in := &instance{cfg: cfg, log: log, recent: recent, stop: make(chan struct{})}
 
 	names := []string{cfg.Domain, "www." + cfg.Domain, "mta-sts." + cfg.Domain, "autoconfig." + cfg.Domain, cfg.PublicName}
 	keys, created, err := edge.EnsureECHKeys(echDir(cfg.StateDir), cfg.PublicName, edge.MaxNameLength(names...), time.Now())
@@ -90,29 +107,35 @@ func startInstance(cfg instanceConfig, log *zap.Logger) (*instance, error) {
 			return nil, fmt.Errorf("listen http on %s: %w", cfg.HTTPAddr, err)
 		}
 	}
-	if err := e.Start(); err != nil {
-		if in.httpLn != nil {
-			in.httpLn.Close()
+	if cfg.AdminAddr != "" {
+		if in.adminLn, err = listenAdmin(cfg.AdminAddr); err != nil {
+			in.closeListeners()
+			return nil, err
 		}
+	}
+	if err := e.Start(); err != nil {
+		in.closeListeners()
 		return nil, err
 	}
 	if cfg.HTTPSPort == 0 { // port 0 in tests: use what the listener got
 		cfg.HTTPSPort = e.Addr("https").(*net.TCPAddr).Port
 		in.cfg.HTTPSPort = cfg.HTTPSPort
 	}
-	in.web = web.New(web.Config{Domain: cfg.Domain, HTTPSPort: cfg.HTTPSPort}, web.Deps{
-		Log:           log.Named("web"),
-		ECHConfigList: func() []byte { return in.echKeys.Load().ConfigList() },
-		NewAccount:    cfg.NewAccount,
-	})
-	in.https = web.NewHTTPServer(in.web.Handler(), log, e.HTTPConnState)
-	in.serve(in.https, e.HTTPListener())
-	if in.httpLn != nil {
-		in.http = web.NewHTTPServer(in.web.RedirectHandler(), log, nil)
-		in.serve(in.http, in.httpLn)
+	if err := in.startWeb(backends); err != nil {
+		e.Shutdown()
+		in.closeListeners()
+		return nil, err
 	}
 	in.wg.Go(in.watchECHKeys)
 	return in, nil
+}
+
+func (in *instance) closeListeners() {
+	for _, ln := range []net.Listener{in.httpLn, in.adminLn} {
+		if ln != nil {
+			ln.Close()
+		}
+	}
 }
 
 func (in *instance) serve(srv *http.Server, ln net.Listener) {
@@ -127,6 +150,7 @@ func (in *instance) setECHKeys(set *edge.ECHKeySet) {
 	in.echKeys.Store(set)
 	cur := set.Current()
 	in.edge.SetECHKeys(set.TLSKeys(), cur.Parsed().ConfigID)
+	in.publishECHConfig(set)
 }
 
 // watchECHKeys re-reads the ECH folder. A folder that became unreadable or
@@ -182,7 +206,7 @@ func (in *instance) shutdown() {
 		in.edge.Shutdown()
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		for _, srv := range []*http.Server{in.https, in.http} {
+		for _, srv := range []*http.Server{in.https, in.http, in.admin} {
 			if srv != nil {
 				srv.Shutdown(ctx)
 			}

@@ -21,6 +21,9 @@ Usage:
   chatmail-edge probe [flags] DOMAIN  check a running edge over IMAP, SMTP and HTTPS with ECH
   chatmail-edge ech show|rotate|retire [flags]
                                       print or change the ECH keys in the state folder
+  chatmail-edge dns [flags]           print the DNS records for MTA-STS and ECH (HTTPS record)
+  chatmail-edge acme account-url [flags]
+                                      print the ACME account URL (for the CAA record)
   chatmail-edge config describe       print the configuration file with every key documented
   chatmail-edge version               print the version
 
@@ -48,7 +51,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		"serve":  cmdServe,
 		"probe":  cmdProbe,
 		"ech":    cmdECH,
+		"acme":   cmdACME,
 		"config": cmdConfig,
+		"dns":    cmdDNS,
 		"version": func([]string, io.Writer, io.Writer) error {
 			fmt.Fprintln(stdout, "chatmail-edge", version())
 			return nil

@@ -45,7 +45,7 @@ func TestDemoProcessContract(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	state := t.TempDir()
-	demo := command(ctx, "demo", "--state", state, "--https-port", "0", "--imaps-port", "0", "--smtps-port", "0", "--http-port", "0")
+	demo := command(ctx, "demo", "--state", state, "--https-port", "0", "--imaps-port", "0", "--smtps-port", "0", "--http-port", "0", "--admin-port", "0")
 	stdout, err := demo.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -126,11 +126,18 @@ func (d *demo) url(path string) string {
 
 func startTestDemo(t *testing.T, state string) *demo {
 	t.Helper()
+	return startTestDemoWeb(t, state, demoWeb{})
+}
+
+// startTestDemoWeb starts a demo on loopback, every port picked by the
+// system, with the web side pointed at the test's own upstreams and files.
+func startTestDemoWeb(t *testing.T, state string, w demoWeb) *demo {
+	t.Helper()
 	log, err := newLogger(io.Discard, "info")
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err := startDemo(demoConfig{StateDir: state, Domain: "chatmail.localhost", Host: "127.0.0.1"}, log)
+	d, err := startDemo(demoConfig{StateDir: state, Domain: "chatmail.localhost", Host: "127.0.0.1", web: w}, log)
 	if err != nil {
 		t.Fatal(err)
 	}

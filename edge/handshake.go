@@ -59,7 +59,10 @@ func (e *Edge) admit(l *listener, c *net.TCPConn) {
 
 	e.mu.Lock()
 	e.pending[pc] = struct{}{}
-	if e.poller == nil {
+	// Most clients send their ClientHello right behind the TCP handshake:
+	// then it is already here and the connection goes straight to a
+	// handshake worker, without a trip through the poller.
+	if e.poller == nil || tc.hasData() {
 		pc.state = queued
 		e.mu.Unlock()
 		e.enqueue(pc)
@@ -276,7 +279,7 @@ func (e *Edge) backendFor(route Route) (Backend, mail.Protocol) {
 // DialBackend is the dialer the mail backends must use, so that the edge can
 // park the backend side of a session as well.
 func (e *Edge) DialBackend(ctx context.Context, network, address string) (net.Conn, error) {
-	var d net.Dialer
+	d := net.Dialer{KeepAlive: noKeepAlive} // loopback: nothing to probe
 	c, err := d.DialContext(ctx, network, address)
 	if err != nil {
 		return nil, err

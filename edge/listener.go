@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -25,8 +26,15 @@ func newListener(e *Edge, lc ListenerConfig) *listener {
 	return l
 }
 
+// noKeepAlive turns off Go's default TCP keepalive (four setsockopt calls per
+// socket, and a probe every 15 s on every idle connection). Dead clients are
+// found by the idle timeout and by Dovecot's IDLE keepalives, as with
+// chatmail's nginx, which sets no keepalive either.
+const noKeepAlive = -1
+
 func (l *listener) listen() error {
-	ln, err := net.Listen("tcp", l.cfg.Address)
+	lc := net.ListenConfig{KeepAlive: noKeepAlive}
+	ln, err := lc.Listen(context.Background(), "tcp", l.cfg.Address)
 	if err != nil {
 		return fmt.Errorf("listen %s on %s: %w", l.cfg.Name, l.cfg.Address, err)
 	}

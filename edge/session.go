@@ -35,8 +35,9 @@ type session struct {
 	backend    net.Conn // backendTCP itself, or a *tls.Conn over it
 	backendTCP *tcpConn
 
-	up   pump // client to backend
-	down pump // backend to client
+	up   pump        // client to backend
+	down pump        // backend to client
+	bye  *byeWatcher // IMAP only: the down pump's source
 
 	lastActive atomic.Int64 // unix nanoseconds of the last data moved
 	halfClosed atomic.Int64 // unix nanoseconds when one direction ended, 0 if none
@@ -52,6 +53,7 @@ type pump struct {
 	srcTCP     *tcpConn
 	dst        io.Writer
 	dstTCP     *tcpConn
+	srcTLS     *tls.Conn // src as TLS, to trim its buffers when parked; nil when src is plain TCP
 	dstTLS     *tls.Conn // dst as TLS, for close_notify; nil when dst is plain TCP
 	bytes      *atomic.Uint64
 	tok        pollToken
@@ -65,27 +67,38 @@ func newSession(e *Edge, l *listener, id uint64, route Route, client *tls.Conn, 
 		e: e, l: l, id: id, route: route, started: time.Now(),
 		client: client, clientTCP: clientTCP, backend: backend, backendTCP: backendTCP,
 	}
-	s.up = pump{s: s, src: client, srcTCP: clientTCP, dst: backend, dstTCP: backendTCP, bytes: &l.stats.bytesIn}
-	if bt, ok := backend.(*tls.Conn); ok {
-		s.up.dstTLS = bt
+	backendTLS, _ := backend.(*tls.Conn)
+	s.up = pump{s: s, src: client, srcTCP: clientTCP, srcTLS: client, dst: backend, dstTCP: backendTCP, dstTLS: backendTLS, bytes: &l.stats.bytesIn}
+	s.down = pump{s: s, src: backend, srcTCP: backendTCP, srcTLS: backendTLS, dst: client, dstTCP: clientTCP, dstTLS: client, bytes: &l.stats.bytesOut}
+	if route == RouteIMAP {
+		s.bye = newByeWatcher(backend)
+		s.down.src = s.bye
 	}
-	s.down = pump{s: s, src: backend, srcTCP: backendTCP, dst: client, dstTCP: clientTCP, dstTLS: client, bytes: &l.stats.bytesOut}
 	s.up.runFunc = s.up.run
 	s.down.runFunc = s.down.run
 	s.lastActive.Store(s.started.UnixNano())
 	return s
 }
 
-// start sets both pumps going. Each runs once right away: the handshakes may
-// have left application data buffered inside a tls.Conn, which no readiness
-// event would ever announce.
+// start sets both pumps going. A direction with nothing to read is parked
+// right away; one whose tls.Conn already holds data from the handshake (the
+// client's first command, the backend's greeting) runs at once, because no
+// readiness event would ever announce bytes that left the socket already.
 func (s *session) start() {
-	if s.e.poller != nil {
-		s.clientTCP.parked = true
-		s.backendTCP.parked = true
+	if s.e.poller == nil {
+		go s.up.run()
+		go s.down.run()
+		return
 	}
-	go s.up.run()
-	go s.down.run()
+	s.clientTCP.parked = true
+	s.backendTCP.parked = true
+	for _, p := range [...]*pump{&s.up, &s.down} {
+		if p.srcTLS != nil && tlsHasBuffered(p.srcTLS) {
+			go p.run()
+		} else {
+			p.park()
+		}
+	}
 }
 
 func (p *pump) run() {
@@ -108,6 +121,9 @@ func (p *pump) run() {
 		}
 		s.e.bufs.Put(bp)
 		if isWouldBlock(err) {
+			if p.srcTLS != nil {
+				trimTLSBuffers(p.srcTLS)
+			}
 			p.park()
 			return
 		}
@@ -145,6 +161,9 @@ func (p *pump) park() {
 // end handles the source's end of stream or a read error.
 func (p *pump) end(err error) {
 	s := p.s
+	if p == &s.down {
+		s.backendGone()
+	}
 	if !errors.Is(err, io.EOF) {
 		s.close("read failed", err)
 		return

@@ -10,19 +10,14 @@ import (
 // same host, as chatmail's nginx does (`return 301 https://$host$request_uri`).
 func (s *Server) RedirectHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		host := r.Host
-		if h, _, err := net.SplitHostPort(host); err == nil {
-			host = h
-		} else if len(host) > 2 && host[0] == '[' && host[len(host)-1] == ']' {
-			host = host[1 : len(host)-1]
-		}
+		host := requestHost(r)
 		if host == "" || !validHost(host) {
 			host = s.cfg.Domain
 		}
 		if s.cfg.HTTPSPort != 0 && s.cfg.HTTPSPort != 443 {
 			host = net.JoinHostPort(host, strconv.Itoa(s.cfg.HTTPSPort))
-		} else if ip := net.ParseIP(host); ip != nil && ip.To4() == nil {
-			host = "[" + host + "]"
+		} else {
+			host = hostForURL(host)
 		}
 		http.Redirect(w, r, "https://"+host+r.URL.RequestURI(), http.StatusMovedPermanently)
 	})

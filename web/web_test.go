@@ -12,11 +12,20 @@ import (
 )
 
 func newTestServer(t *testing.T, newAccount func() (string, string, error)) *Server {
-	return New(Config{Domain: "chat.example", HTTPSPort: 443}, Deps{
+	return newTestServerWith(t, Config{Domain: "chat.example", HTTPSPort: 443}, newAccount)
+}
+
+func newTestServerWith(t *testing.T, cfg Config, newAccount func() (string, string, error)) *Server {
+	t.Helper()
+	s, err := New(cfg, Deps{
 		Log:           zaptest.NewLogger(t),
 		ECHConfigList: func() []byte { return []byte{0, 3, 0xfe, 0x0d, 0} },
 		NewAccount:    newAccount,
 	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
 }
 
 func do(h http.Handler, method, target string) *httptest.ResponseRecorder {

@@ -1,0 +1,251 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"chatmail-edge/acme"
+
+	"go.uber.org/zap"
+)
+
+// certSettings are the certificate settings beyond [tls] cert and key.
+type certSettings struct {
+	// [tls]
+	SelfCert      string
+	SelfKey       string
+	CheckInterval time.Duration
+
+	// [acme]
+	CA               string
+	CARoot           string
+	Email            string
+	FallbackCA       string
+	FallbackEABKeyID string
+	FallbackEABHMAC  string
+	Storage          string
+	Challenges       []string
+	AcmetoolDir      string
+	ExportCert       string
+	ExportKey        string
+	Reload           [][]string
+
+	// Retry is not a configuration key: the default (1 minute doubling to
+	// 1 hour) suits a relay; tests shorten it.
+	Retry acme.Backoff
+}
+
+const mailDomainPlaceholder = "<mail_domain>"
+
+// certOptions follow the core options in `config describe`.
+var certOptions = []option{
+	{"tls", "self_cert", acme.SelfSignedCertFile, "chatmail's self mode (mail_domain starting with _ or an IP address): this self-signed certificate, made as cmdeploy makes it (EC P-256, 36500 days) when it and self_key are both missing.",
+		str(func(s *settings) *string { return &s.Certs.SelfCert })},
+	{"tls", "self_key", acme.SelfSignedKeyFile, "Key of self_cert.",
+		str(func(s *settings) *string { return &s.Certs.SelfKey })},
+	{"tls", "check_interval", "30s", "How often cert and key are read again; a changed pair is served without a restart (a pair that does not load yet is retried).",
+		duration(func(s *settings) *time.Duration { return &s.Certs.CheckInterval })},
+	{"acme", "ca", acme.LetsEncrypt, "ACME directory URL (RFC 8555 §7.1.1). Every attempt, retries included, goes to it. `serve --acme-ca` overrides it.",
+		str(func(s *settings) *string { return &s.Certs.CA })},
+	{"acme", "ca_root", "", "PEM file with the root certificate(s) the CA's HTTPS server chains to, for a private CA; empty means the system's roots. `serve --acme-ca-root` overrides it.",
+		str(func(s *settings) *string { return &s.Certs.CARoot })},
+	{"acme", "email", "", "Contact address given to the CA when an account is made. An account taken over from acmetool keeps the one it has.",
+		str(func(s *settings) *string { return &s.Certs.Email })},
+	{"acme", "fallback_ca", acme.ZeroSSL, "Second CA, asked only when ca fails (outage, rate limit). The relay's CAA record must allow it too (ZeroSSL: 0 issue \"sectigo.com\"). ZeroSSL needs external account binding: set fallback_eab_key_id and fallback_eab_hmac_key, or email (credentials are then fetched for it). Empty: no fallback.",
+		str(func(s *settings) *string { return &s.Certs.FallbackCA })},
+	{"acme", "fallback_eab_key_id", "", "External account binding key id for fallback_ca (RFC 8555 §7.3.4).",
+		str(func(s *settings) *string { return &s.Certs.FallbackEABKeyID })},
+	{"acme", "fallback_eab_hmac_key", "", "External account binding HMAC key (base64url) for fallback_ca.",
+		str(func(s *settings) *string { return &s.Certs.FallbackEABHMAC })},
+	{"acme", "storage", "", "Folder for ACME accounts and certificates (certmagic's layout, keys 0600). Empty means acme/ in state_dir.",
+		str(func(s *settings) *string { return &s.Certs.Storage })},
+	{"acme", "challenges", "http-01 tls-alpn-01", "Challenge types to answer: http-01 on the http listener, tls-alpn-01 on the https one (RFC 8737).",
+		func(s *settings, v string) error {
+			s.Certs.Challenges = strings.Fields(v)
+			for _, c := range s.Certs.Challenges {
+				if c != acme.ChallengeHTTP01 && c != acme.ChallengeTLSALPN01 {
+					return fmt.Errorf("want http-01 and/or tls-alpn-01, got %q", c)
+				}
+			}
+			if len(s.Certs.Challenges) == 0 {
+				return errors.New("want http-01 and/or tls-alpn-01")
+			}
+			return nil
+		}},
+	{"acme", "acmetool", "/var/lib/acme", "acmetool's state folder. Its account key (which the relay's CAA accounturi names) and its current certificate are taken over at the first start, so nothing is issued again. Empty: none.",
+		str(func(s *settings) *string { return &s.Certs.AcmetoolDir })},
+	{"acme", "export_cert", "/var/lib/acme/live/" + mailDomainPlaceholder + "/fullchain", "Where the mail domain's certificate chain goes for Postfix and Dovecot, replaced atomically whenever it changes (0644). Empty: no export.",
+		str(func(s *settings) *string { return &s.Certs.ExportCert })},
+	{"acme", "export_key", "/var/lib/acme/live/" + mailDomainPlaceholder + "/privkey", "Where its key goes (0600).",
+		str(func(s *settings) *string { return &s.Certs.ExportKey })},
+	{"acme", "reload", "systemctl reload dovecot.service; systemctl reload postfix.service", "Commands run after each export, separated by ; (no shell). A failing one is logged and retried with backoff. Empty: none, for when a systemd path unit reloads the daemons.",
+		func(s *settings, v string) error {
+			s.Certs.Reload = nil
+			for cmd := range strings.SplitSeq(v, ";") {
+				if argv := strings.Fields(cmd); len(argv) > 0 {
+					s.Certs.Reload = append(s.Certs.Reload, argv)
+				}
+			}
+			return nil
+		}},
+}
+
+// certMode is chatmail's TLS mode (chatmaild config.py): external when the
+// operator gives the files, self for a domain no public CA certifies, acme
+// otherwise.
+func (s *settings) certMode() string {
+	switch {
+	case s.TLSCert != "":
+		return "external"
+	case acme.IsSelfSignedDomain(s.MailDomain):
+		return "self"
+	}
+	return "acme"
+}
+
+// certs is the edge's certificate source in one of chatmail's modes.
+type certs struct {
+	mode    string
+	source  interface{ Status() []acme.CertStatus }
+	getCert func(*tls.ClientHelloInfo) (*tls.Certificate, error)
+	manager *acme.Manager // acme mode
+	watched *acme.Watched // external mode
+}
+
+func newCerts(s *settings, log *zap.Logger) (*certs, error) {
+	c := &certs{mode: s.certMode()}
+	switch c.mode {
+	case "external":
+		w, err := acme.WatchFiles(s.TLSCert, s.TLSKey, s.Certs.CheckInterval, log.Named("tls"))
+		if err != nil {
+			return nil, fmt.Errorf("%w: %v", errConfig, err)
+		}
+		c.watched, c.source, c.getCert = w, w, w.GetCertificate
+	case "self":
+		st, created, err := acme.SelfSigned(s.MailDomain, s.Certs.SelfCert, s.Certs.SelfKey, time.Now())
+		if err != nil {
+			return nil, fmt.Errorf("%w: %v", errConfig, err)
+		}
+		if created {
+			log.Info("created the self-signed certificate", zap.String("cert", s.Certs.SelfCert), zap.String("key", s.Certs.SelfKey))
+		}
+		c.source, c.getCert = st, st.GetCertificate
+	default:
+		m, err := acme.NewManager(s.acmeConfig(), log.Named("acme"))
+		if err != nil {
+			return nil, fmt.Errorf("%w: %v", errConfig, err)
+		}
+		c.manager, c.source, c.getCert = m, m, m.GetCertificate
+	}
+	return c, nil
+}
+
+// acmeConfig is the ACME manager's part of the settings.
+func (s *settings) acmeConfig() acme.Config {
+	names := []string{s.MailDomain, "mta-sts." + s.MailDomain, "www." + s.MailDomain}
+	if s.ECHPublicName != "" {
+		names = append(names, s.ECHPublicName)
+	}
+	storage := s.Certs.Storage
+	if storage == "" {
+		storage = filepath.Join(s.StateDir, "acme")
+	}
+	cfg := acme.Config{
+		Domain: s.MailDomain, Names: names,
+		CA: s.Certs.CA, CARootFile: s.Certs.CARoot, Email: s.Certs.Email,
+		FallbackCA: s.Certs.FallbackCA, StorageDir: storage, Challenges: s.Certs.Challenges,
+		AcmetoolDir: s.Certs.AcmetoolDir,
+		ExportCert:  strings.ReplaceAll(s.Certs.ExportCert, mailDomainPlaceholder, s.MailDomain),
+		ExportKey:   strings.ReplaceAll(s.Certs.ExportKey, mailDomainPlaceholder, s.MailDomain),
+		Reload:      s.Certs.Reload,
+		Retry:       s.Certs.Retry, ExportRetry: s.Certs.Retry,
+	}
+	if s.Certs.FallbackEABKeyID != "" || s.Certs.FallbackEABHMAC != "" {
+		cfg.FallbackEAB = &acme.EAB{KeyID: s.Certs.FallbackEABKeyID, MACKey: s.Certs.FallbackEABHMAC}
+	}
+	return cfg
+}
+
+// wrapHTTP answers ACME HTTP-01 challenges on the plain HTTP listener.
+func (c *certs) wrapHTTP(h http.Handler) http.Handler {
+	if c.manager == nil {
+		return h
+	}
+	return c.manager.HTTPHandler(h)
+}
+
+// start runs once the listeners accept: the CA validates through them. In
+// acme mode a first start without any certificate for the mail domain
+// waits for one, and fails if none can be had.
+func (c *certs) start(ctx context.Context, in *instance) error {
+	switch {
+	case c.watched != nil:
+		c.watched.Start()
+	case c.manager != nil:
+		ln := acme.Listeners{HTTPS: in.edge.Addr("https")}
+		if in.httpLn != nil {
+			ln.HTTP = in.httpLn.Addr()
+		}
+		return c.manager.Start(ctx, ln)
+	}
+	return nil
+}
+
+func (c *certs) stop() {
+	if c.watched != nil {
+		c.watched.Stop()
+	}
+	if c.manager != nil {
+		c.manager.Stop()
+	}
+}
+
+// Status is for the status page.
+func (c *certs) Status() []acme.CertStatus { return c.source.Status() }
+
+// servingEdge is what serve runs: the instance and its certificates.
+type servingEdge struct {
+	*instance
+	certs *certs
+}
+
+// startServe starts serve's edge. onListening runs between the listeners
+// and the certificates (tests start their ACME server there, on the ports
+// the edge got).
+func startServe(ctx context.Context, s *settings, log *zap.Logger, onListening func(*instance) error) (*servingEdge, error) {
+	c, err := newCerts(s, log)
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := s.instanceConfig()
+	if err != nil {
+		return nil, err
+	}
+	cfg.GetCert, cfg.WrapHTTP, cfg.Certs = c.getCert, c.wrapHTTP, c
+	in, err := startInstance(cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	if onListening != nil {
+		if err := onListening(in); err != nil {
+			in.shutdown()
+			return nil, err
+		}
+	}
+	if err := c.start(ctx, in); err != nil {
+		in.shutdown()
+		return nil, fmt.Errorf("certificates: %w", err)
+	}
+	return &servingEdge{instance: in, certs: c}, nil
+}
+
+func (e *servingEdge) shutdown() {
+	e.certs.stop()
+	e.instance.shutdown()
+}

@@ -1,0 +1,123 @@
+package web
+
+import (
+	"encoding/json"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func writeScript(t *testing.T, body string) string {
+	path := filepath.Join(t.TempDir(), "newemail.py")
+	if err := os.WriteFile(path, []byte("#!/bin/sh\n"+body), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// TestNewAccountCGI runs a real script through net/http/cgi (RFC 3875):
+// it sees the request's method, URI and body, and its JSON comes back.
+func TestNewAccountCGI(t *testing.T) {
+	script := writeScript(t, `read -r body
+printf 'Content-Type: application/json\n\n'
+printf '{"email":"x@chat.example","password":"p","method":"%s","uri":"%s","body":"%s","remote":"%s"}\n' "$REQUEST_METHOD" "$REQUEST_URI" "$body" "$REMOTE_ADDR"
+`)
+	h := newTestServerWith(t, Config{Domain: "chat.example", NewAccountCGI: script}, nil).Handler()
+	req := httptest.NewRequest("POST", "https://chat.example/cgi-bin/newemail.py", strings.NewReader("hello\n"))
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	var got map[string]string
+	if err := json.Unmarshal(rec.Body.Bytes(), &got); err != nil || rec.Code != 200 || rec.Header().Get("Content-Type") != "application/json" {
+		t.Fatalf("POST: %d %q %v", rec.Code, rec.Body, err)
+	}
+	if got["method"] != "POST" || got["uri"] != "/cgi-bin/newemail.py" || got["body"] != "hello" || got["remote"] != "192.0.2.1" {
+		t.Fatalf("the script saw %v", got)
+	}
+	if rec.Header().Get("Cache-Control") != "no-store" {
+		t.Errorf("an account answer may be cached: %v", rec.Header())
+	}
+	// Not self mode: a browser's GET goes to the app, the script does not run.
+	if rec := do(h, "GET", "https://chat.example/cgi-bin/newemail.py"); rec.Code != 301 || rec.Header().Get("Location") != "dcaccount:https://chat.example/new" {
+		t.Fatalf("GET: %d %q", rec.Code, rec.Header().Get("Location"))
+	}
+	big := httptest.NewRequest("POST", "https://chat.example/new", strings.NewReader(strings.Repeat("x", maxCGIBody+1)))
+	rec = httptest.NewRecorder()
+	h.ServeHTTP(rec, big)
+	if rec.Code != 413 {
+		t.Fatalf("big body: %d", rec.Code)
+	}
+}
+
+func TestNewAccountCGIFailures(t *testing.T) {
+	cases := map[string]struct {
+		script string
+		code   int
+	}{
+		"hangs":           {"exec sleep 3\n", 504},
+		"no headers":      {"echo\n", 500},
+		"too much output": {"printf 'Content-Type: text/plain\\n\\n'; head -c 100000 /dev/zero\n", 500},
+		"exits 1":         {"exit 1\n", 500},
+	}
+	for name, c := range cases {
+		t.Run(name, func(t *testing.T) {
+			h := newTestServerWith(t, Config{Domain: "chat.example", NewAccountCGI: writeScript(t, c.script), NewAccountTimeout: 500 * time.Millisecond}, nil).Handler()
+			if rec := do(h, "POST", "https://chat.example/new"); rec.Code != c.code {
+				t.Fatalf("%d %q, want %d", rec.Code, rec.Body, c.code)
+			}
+		})
+	}
+	missing := newTestServerWith(t, Config{Domain: "chat.example", NewAccountCGI: "/nonexistent/newemail.py"}, nil).Handler()
+	if rec := do(missing, "POST", "https://chat.example/new"); rec.Code != 500 {
+		t.Fatalf("missing script: %d", rec.Code)
+	}
+}
+
+// TestNewAccountSelfMode: in chatmail's self mode GET runs the script too,
+// and each address gets 2 requests a second with a burst of 5, as nginx's
+// limit_req zone=newaccount rate=2r/s burst=5 nodelay.
+func TestNewAccountSelfMode(t *testing.T) {
+	script := writeScript(t, "printf 'Content-Type: application/json\\n\\n{\"email\":\"a@_chat.example\"}\\n'\n")
+	s := newTestServerWith(t, Config{Domain: "_chat.example", SelfMode: true, NewAccountCGI: script}, nil)
+	now := time.Unix(1700000000, 0)
+	s.now = func() time.Time { return now }
+	h := s.Handler()
+	request := func(method, from string) int {
+		req := httptest.NewRequest(method, "https://_chat.example/new", nil)
+		req.RemoteAddr = from + ":40000"
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		return rec.Code
+	}
+	for i := range 6 {
+		if code := request("GET", "192.0.2.1"); code != 200 {
+			t.Fatalf("request %d of the burst: %d", i+1, code)
+		}
+	}
+	if code := request("POST", "192.0.2.1"); code != 503 {
+		t.Fatalf("7th request at once: %d, want 503", code)
+	}
+	if code := request("GET", "192.0.2.2"); code != 200 {
+		t.Fatalf("another address: %d", code)
+	}
+	now = now.Add(500 * time.Millisecond) // one request's worth at 2 r/s
+	if code := request("GET", "192.0.2.1"); code != 200 {
+		t.Fatalf("after 0.5 s: %d", code)
+	}
+	if code := request("GET", "192.0.2.1"); code != 503 {
+		t.Fatalf("second after 0.5 s: %d", code)
+	}
+}
+
+func TestRateLimiterBoundsMemory(t *testing.T) {
+	l := newRateLimiter(2, 5)
+	now := time.Unix(0, 0)
+	for i := range maxRateLimitEntries + 10 {
+		l.allow(string(rune(i)), now)
+	}
+	if len(l.buckets) > maxRateLimitEntries {
+		t.Fatalf("%d entries kept", len(l.buckets))
+	}
+}
