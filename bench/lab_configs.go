@@ -170,5 +170,10 @@ func edgeConf(chatmailINI, stateDir, certFile, keyFile string, port, backend int
 		"cert = " + certFile,
 		"key = " + keyFile,
 		"",
+		"# The admin listener runs as on a relay (status probes included), on a",
+		"# port of its own: two edges run side by side.",
+		"[admin]",
+		"address = 127.0.0.1:0",
+		"",
 	}, "\n")
 }
