@@ -42,7 +42,7 @@ type Edge struct {
 
 	listeners []*listener
 	poller    *poller // nil: no parking (platform or Config.NoParking)
-	bufs      sync.Pool
+	bufs      *bufferPools
 	queue     chan *pendingConn
 	http      *handoffListener
 
@@ -97,7 +97,6 @@ func New(cfg Config, log *zap.Logger, getCert func(*tls.ClientHelloInfo) (*tls.C
 	e.retireWorkers.Store(&wake)
 	limits := cfg.limits()
 	e.limits.Store(&limits)
-	e.bufs.New = func() any { return new([bufSize]byte) }
 	e.echKeys.Store(&noECHKeys)
 	e.backends.Store(&Backends{})
 	for _, lc := range cfg.Listeners {
@@ -151,6 +150,7 @@ func (e *Edge) Start() error {
 			return err
 		}
 	}
+	e.bufs = newBufferPools(e.poller != nil)
 	for i, l := range e.listeners {
 		if err := l.listen(); err != nil {
 			for _, opened := range e.listeners[:i] {

@@ -4,12 +4,15 @@ import (
 	"bytes"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
 	"io"
 	"net"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"chatmail-edge/mail"
 )
 
 func TestRoutesByPortAndALPN(t *testing.T) {
@@ -90,6 +93,46 @@ func TestProxiedDataIsExact(t *testing.T) {
 			wg.Wait()
 		})
 	}
+}
+
+// TestProxiedDataIsExactThroughTLSBackend covers the other backend mode:
+// the edge re-encrypts to the daemon's own TLS port, so both pumps read
+// through crypto/tls (read-ahead) and write through it (batched records).
+func TestProxiedDataIsExactThroughTLSBackend(t *testing.T) {
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{*testLeaf}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var served sync.WaitGroup
+	served.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			served.Go(func() {
+				defer c.Close()
+				io.WriteString(c, "* OK tls backend ready\r\n")
+				io.Copy(c, c)
+			})
+		}
+	})
+	t.Cleanup(func() { ln.Close(); served.Wait() })
+
+	te := startEdge(t, nil, Backends{})
+	b, err := mail.NewBackend(mail.BackendConfig{
+		Protocol: mail.IMAP, Mode: mail.ModeTLS, Address: ln.Addr().String(),
+		DialTimeout: 5 * time.Second, Dial: te.DialBackend,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	te.SetBackends(Backends{IMAP: b})
+	var wg sync.WaitGroup
+	for i := range 4 {
+		wg.Go(func() { echoRoundTrip(t, te, 1<<20+i*4099) })
+	}
+	wg.Wait()
 }
 
 func echoRoundTrip(t *testing.T, te *testEdge, size int) {

@@ -12,10 +12,6 @@ import (
 	"go.uber.org/zap"
 )
 
-// bufSize is the plaintext of one full TLS record (RFC 8446 §5.1: 2^14 bytes),
-// so that one tls.Conn Read never leaves plaintext behind in the tls.Conn.
-const bufSize = 16 << 10
-
 // session is one proxied IMAP or SMTP connection: the client's TLS connection
 // on one side, the backend (plaintext after a PROXY header, or re-encrypted
 // TLS) on the other, and one pump per direction.
@@ -105,13 +101,22 @@ func (p *pump) run() {
 	s := p.s
 	s.e.busyPumps.Add(1)
 	defer s.e.busyPumps.Add(-1)
-	bp := s.e.bufs.Get().(*[bufSize]byte)
+	bufs := s.e.bufs.get(p.srcTLS != nil, p.dstTLS != nil)
+	if bufs.ahead != nil {
+		p.srcTCP.startReadAhead(bufs.ahead)
+	}
+	release := func() {
+		if bufs.ahead != nil {
+			p.srcTCP.stopReadAhead()
+		}
+		s.e.bufs.put(bufs)
+	}
 	for {
-		n, err := p.src.Read(bp[:])
+		n, err := p.read(bufs.chunk)
 		if n > 0 {
 			s.lastActive.Store(time.Now().UnixNano())
-			if werr := p.write(bp[:n]); werr != nil {
-				s.e.bufs.Put(bp)
+			if werr := p.write(bufs.chunk[:n], bufs.batch); werr != nil {
+				release()
 				s.close("write failed", werr)
 				return
 			}
@@ -119,7 +124,7 @@ func (p *pump) run() {
 		if err == nil {
 			continue
 		}
-		s.e.bufs.Put(bp)
+		release()
 		if isWouldBlock(err) {
 			if p.srcTLS != nil {
 				trimTLSBuffers(p.srcTLS)
@@ -132,10 +137,37 @@ func (p *pump) run() {
 	}
 }
 
-func (p *pump) write(b []byte) error {
+// read fills buf from the source. crypto/tls hands out one record per Read,
+// so from a parked (non-blocking) TLS source it keeps reading the records
+// that have already arrived, up to a full chunk; the first read that would
+// block ends it with errWouldBlock and what was gathered.
+func (p *pump) read(buf []byte) (int, error) {
+	n, err := p.src.Read(buf)
+	for err == nil && p.srcTLS != nil && p.srcTCP.parked && len(buf)-n >= maxRecordPlaintext {
+		var m int
+		m, err = p.src.Read(buf[n:])
+		n += m
+	}
+	return n, err
+}
+
+// write sends b to the destination. Through TLS, the records crypto/tls
+// makes of b are collected in batch and leave in one write.
+func (p *pump) write(b []byte, batch []byte) error {
 	p.dstTCP.SetWriteDeadline(time.Now().Add(p.s.e.limits.Load().IdleTimeout))
+	if batch == nil {
+		n, err := p.dst.Write(b)
+		p.bytes.Add(uint64(n))
+		return err
+	}
+	p.dstTCP.collectWrites(batch)
 	n, err := p.dst.Write(b)
-	p.bytes.Add(uint64(n))
+	if ferr := p.dstTCP.sendCollected(); err == nil {
+		err = ferr
+	}
+	if err == nil {
+		p.bytes.Add(uint64(n))
+	}
 	return err
 }
 

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"sync"
 	"syscall"
 )
 
@@ -36,6 +37,19 @@ type tcpConn struct {
 
 	// parked is written before the first pump runs and read only by pumps.
 	parked bool
+
+	// wmu orders every write with a batch being collected: crypto/tls may
+	// write to the socket from the reading pump too (a KeyUpdate reply, RFC
+	// 8446 §4.6.3, or an alert), and such a record must join the batch, not
+	// overtake it.
+	wmu   sync.Mutex
+	batch []byte // non-nil while a pump collects the records of one tls.Conn.Write
+
+	// ahead is a running pump's read-ahead buffer under crypto/tls, which
+	// asks for little more than one record per read; aheadPos is where the
+	// unread bytes in it start. Only the source's pump touches them.
+	ahead    []byte
+	aheadPos int
 	// echOffered is set during the handshake by GetConfigForClient.
 	echOffered bool
 }
@@ -62,6 +76,35 @@ func addrPort(a net.Addr) netip.AddrPort {
 }
 
 func (c *tcpConn) Read(p []byte) (int, error) {
+	if c.ahead == nil {
+		return c.readSocket(p)
+	}
+	if c.aheadPos == len(c.ahead) {
+		n, err := c.readSocket(c.ahead[:cap(c.ahead)])
+		c.ahead, c.aheadPos = c.ahead[:n], 0
+		if n == 0 {
+			return 0, err
+		}
+	}
+	n := copy(p, c.ahead[c.aheadPos:])
+	c.aheadPos += n
+	return n, nil
+}
+
+// startReadAhead lends the connection buf (length 0) to read into. Parked
+// reads end only when the socket has nothing more (errWouldBlock), so a pump
+// that parks has always emptied it.
+func (c *tcpConn) startReadAhead(buf []byte) {
+	c.ahead, c.aheadPos = buf, 0
+}
+
+// stopReadAhead takes the buffer back. Bytes still in it are dropped: a pump
+// stops with unread data only when the session is ending.
+func (c *tcpConn) stopReadAhead() {
+	c.ahead, c.aheadPos = nil, 0
+}
+
+func (c *tcpConn) readSocket(p []byte) (int, error) {
 	if !c.parked {
 		return c.TCPConn.Read(p)
 	}
@@ -90,4 +133,49 @@ func (c *tcpConn) Read(p []byte) (int, error) {
 
 func isWouldBlock(err error) bool {
 	return errors.Is(err, errWouldBlock)
+}
+
+// Write sends p, or adds it to the batch a pump is collecting. crypto/tls
+// hands its socket one record at a time; collected, the records of a chunk
+// leave in one write system call.
+func (c *tcpConn) Write(p []byte) (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.batch != nil {
+		if len(c.batch)+len(p) > cap(c.batch) {
+			if err := c.flushLocked(); err != nil {
+				return 0, err
+			}
+		}
+		if len(p) <= cap(c.batch) {
+			c.batch = append(c.batch, p...)
+			return len(p), nil
+		}
+	}
+	return c.TCPConn.Write(p)
+}
+
+// collectWrites starts collecting writes in buf (length 0) until sendCollected.
+func (c *tcpConn) collectWrites(buf []byte) {
+	c.wmu.Lock()
+	c.batch = buf
+	c.wmu.Unlock()
+}
+
+// sendCollected writes what was collected and stops collecting.
+func (c *tcpConn) sendCollected() error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	err := c.flushLocked()
+	c.batch = nil
+	return err
+}
+
+func (c *tcpConn) flushLocked() error {
+	if len(c.batch) == 0 {
+		return nil
+	}
+	_, err := c.TCPConn.Write(c.batch)
+	c.batch = c.batch[:0]
+	return err
 }
