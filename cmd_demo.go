@@ -71,6 +71,7 @@ func cmdDemo(args []string, stdout, stderr io.Writer) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	go keepGCFloor(ctx, log)
 	d, err := startDemo(c, log)
 	if err != nil {
 		return err

@@ -33,6 +33,7 @@ func cmdServe(args []string, stdout, stderr io.Writer) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	go keepGCFloor(ctx, log)
 	return serve(ctx, s, log, serveLoop{
 		load: func() (*settings, error) {
 			return parseConfigFlags(newFlagSet("serve", io.Discard, "serve [flags]"), args)
