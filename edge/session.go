@@ -101,6 +101,16 @@ func (p *pump) run() {
 	s := p.s
 	s.e.busyPumps.Add(1)
 	defer s.e.busyPumps.Add(-1)
+	// The poller wakes this run through the kernel (epoll), an order Go's
+	// memory model does not see. park re-arms the poller holding s.mu, so
+	// taking it here orders this run after the previous one of this pump
+	// (its use of the read-ahead fields of srcTCP included).
+	s.mu.Lock()
+	closed := s.closed
+	s.mu.Unlock()
+	if closed {
+		return
+	}
 	bufs := s.e.bufs.get(p.srcTLS != nil, p.dstTLS != nil)
 	if bufs.ahead != nil {
 		p.srcTCP.startReadAhead(bufs.ahead)
