@@ -13,6 +13,7 @@ import (
 
 	"chatmail-edge/internal/ini"
 	"chatmail-edge/mail"
+	"chatmail-edge/systemd"
 )
 
 // preflight checks that install can go ahead and returns the settings the
@@ -50,6 +51,12 @@ func (in *installer) preflight(mode, configFile string) (*settings, []byte, erro
 	if write == nil {
 		if err := configFitsMode(s, mode); err != nil {
 			return nil, nil, fmt.Errorf("%w: %s is kept as it is, but %v", errConfig, in.path(configFile), err)
+		}
+		// The service user may not reload Dovecot and Postfix; the commands
+		// would fail after every renewal. Not fatal: the path unit reloads.
+		if len(s.Certs.Reload) > 0 {
+			fmt.Fprintf(in.out, "  warn   %s keeps [acme] reload commands, which the unprivileged service cannot run;"+
+				" %s reloads Dovecot and Postfix instead: set `reload =` in [acme]\n", in.path(configFile), systemd.ReloadPath)
 		}
 	}
 	if in.live {

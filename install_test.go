@@ -285,6 +285,18 @@ func TestInstallPreflight(t *testing.T) {
 			t.Errorf("install went ahead after a failed preflight")
 		}
 	})
+	t.Run("kept config with reload commands", func(t *testing.T) {
+		root, _ := relayTree(t)
+		writeTestFile(t, filepath.Join(root, defaultConfigFile), "[acme]\nreload = systemctl reload dovecot.service\n")
+		code, out := runCommand("install", "--root", root, "--dry-run")
+		if code != 0 || !strings.Contains(out, "warn") || !strings.Contains(out, "set `reload =`") {
+			t.Errorf("exit %d\n%s", code, out)
+		}
+		writeTestFile(t, filepath.Join(root, defaultConfigFile), "[acme]\nreload =\n")
+		if code, out := runCommand("install", "--root", root, "--dry-run"); code != 0 || strings.Contains(out, "warn") {
+			t.Errorf("empty reload: exit %d\n%s", code, out)
+		}
+	})
 	t.Run("bad mode", func(t *testing.T) {
 		if code, out := runCommand("install", "--mode", "half"); code != 2 {
 			t.Errorf("exit %d\n%s", code, out)
