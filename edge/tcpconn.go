@@ -50,6 +50,7 @@ type tcpConn struct {
 	// unread bytes in it start. Only the source's pump touches them.
 	ahead    []byte
 	aheadPos int
+
 	// echOffered is set during the handshake by GetConfigForClient.
 	echOffered bool
 }
