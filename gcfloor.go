@@ -16,8 +16,8 @@ import (
 // is live. An edge that holds few connections has a live heap of a few MiB,
 // so during a burst of handshakes (crypto/tls allocates some tens of KiB per
 // handshake) it collected every few dozen connections, and on a small VPS
-// each cycle wakes threads on every core: in the handshake benchmark that was
-// a fifth of the edge's CPU per connection (docs/BENCHMARKS.md). Go has no
+// each cycle wakes threads on every core: the floor saved about 12 % of the
+// edge's CPU per new connection in the handshake figure (docs/BENCHMARKS.md). Go has no
 // minimum heap setting, so the edge sets GOGC itself: high while the live
 // heap is small, so that the next collection comes at heapFloor, and plain
 // 100 once twice the live heap is more than that, where a relay with 10,000

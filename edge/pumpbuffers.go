@@ -15,8 +15,8 @@ const (
 	chunkSize = 4 * maxRecordPlaintext
 	// batchSize holds the records crypto/tls makes of one chunk: per record a
 	// 5-byte header, the content type and a 16-byte AEAD tag (RFC 8446 §5.2),
-	// and early in a connection crypto/tls sends smaller records (dynamic
-	// record sizing), so more of them.
+	// and toward a TLS backend, whose client config keeps dynamic record
+	// sizing, crypto/tls sends smaller records early on, so more of them.
 	batchSize = chunkSize + 8<<10
 )
 

@@ -165,19 +165,16 @@ func (p *pump) read(buf []byte) (int, error) {
 // makes of b are collected in batch and leave in one write.
 func (p *pump) write(b []byte, batch []byte) error {
 	p.dstTCP.SetWriteDeadline(time.Now().Add(p.s.e.limits.Load().IdleTimeout))
-	if batch == nil {
-		n, err := p.dst.Write(b)
-		p.bytes.Add(uint64(n))
-		return err
+	if batch != nil {
+		p.dstTCP.collectWrites(batch)
 	}
-	p.dstTCP.collectWrites(batch)
 	n, err := p.dst.Write(b)
-	if ferr := p.dstTCP.sendCollected(); err == nil {
-		err = ferr
+	if batch != nil {
+		if ferr := p.dstTCP.sendCollected(); err == nil {
+			err = ferr
+		}
 	}
-	if err == nil {
-		p.bytes.Add(uint64(n))
-	}
+	p.bytes.Add(uint64(n))
 	return err
 }
 

@@ -105,6 +105,8 @@ func (c *tcpConn) stopReadAhead() {
 	c.ahead, c.aheadPos = nil, 0
 }
 
+// readSocket reads from the socket itself: blocking until the connection is
+// parked, then returning errWouldBlock when nothing is there.
 func (c *tcpConn) readSocket(p []byte) (int, error) {
 	if !c.parked {
 		return c.TCPConn.Read(p)
