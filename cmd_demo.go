@@ -76,6 +76,7 @@ func cmdDemo(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	go keepProcs(ctx, log, d.edge.HandshakeBacklog)
 	d.printBanner(stdout)
 	<-ctx.Done()
 	log.Info("stopping")

@@ -40,6 +40,7 @@ func cmdServe(args []string, stdout, stderr io.Writer) error {
 		},
 		reload: hup,
 		notify: newNotifier(os.Getenv),
+		ready:  func(e *servingEdge) { go keepProcs(ctx, log, e.edge.HandshakeBacklog) },
 	})
 }
 

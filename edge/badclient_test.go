@@ -154,3 +154,23 @@ func TestConnectionLimit(t *testing.T) {
 	}
 	c.Close()
 }
+
+// TestHandshakeBacklog counts a client that has started its hello and not
+// finished it, and stops counting it once it is gone.
+func TestHandshakeBacklog(t *testing.T) {
+	te := startEdge(t, nil, Backends{})
+	if n := te.HandshakeBacklog(); n != 0 {
+		t.Fatalf("backlog %d before any client", n)
+	}
+	c, err := net.Dial("tcp", te.addr("https"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	hello := malformedECHHello()
+	if _, err := c.Write(hello[:len(hello)/2]); err != nil { // the rest never comes
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the half hello in the backlog", func() bool { return te.HandshakeBacklog() == 1 })
+	c.Close()
+	waitFor(t, 5*time.Second, "an empty backlog", func() bool { return te.HandshakeBacklog() == 0 })
+}

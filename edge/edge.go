@@ -49,6 +49,7 @@ type Edge struct {
 	nextID      atomic.Uint64
 	activeConns atomic.Int64
 	busyPumps   atomic.Int64 // pumps moving data right now (the rest are parked)
+	inHandshake atomic.Int64 // handshake workers inside a handshake
 
 	mu        sync.Mutex
 	sessions  map[*session]struct{}

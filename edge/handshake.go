@@ -142,9 +142,19 @@ func (e *Edge) handshakeWorker() {
 			return
 		case <-*wake: // SetLimits lowered MaxHandshakes
 		case pc := <-e.queue:
+			e.inHandshake.Add(1)
 			e.handshake(pc)
+			e.inHandshake.Add(-1)
 		}
 	}
+}
+
+// HandshakeBacklog is the number of connections whose ClientHello has
+// arrived and whose handshake has not finished: waiting for a worker or in
+// one. A burst of reconnecting clients shows here first; it is cheap enough
+// to read often.
+func (e *Edge) HandshakeBacklog() int {
+	return len(e.queue) + int(e.inHandshake.Load())
 }
 
 func (e *Edge) handshake(pc *pendingConn) {

@@ -238,14 +238,16 @@ func (s *session) close(reason string, err error) {
 	}
 	s.mu.Unlock()
 
+	// The slot is free before the session leaves the table, so whoever sees
+	// it gone (a test, the status page) can count on the slot too.
+	s.l.stats.active.Add(-1)
+	s.e.activeConns.Add(-1)
 	s.e.forgetSession(s)
 	// Bound the close_notify write: a client that stopped reading must not
 	// hold this goroutine.
 	s.client.SetWriteDeadline(time.Now().Add(time.Second))
 	_ = s.client.Close()
 	_ = s.backend.Close()
-	s.l.stats.active.Add(-1)
-	s.e.activeConns.Add(-1)
 
 	fields := []zap.Field{
 		zap.Uint64("conn", s.id), zap.String("route", s.route.String()),
