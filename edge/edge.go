@@ -36,7 +36,8 @@ type Edge struct {
 	getCert func(*tls.ClientHelloInfo) (*tls.Certificate, error)
 
 	echKeys     atomic.Pointer[[]tls.EncryptedClientHelloKey]
-	echConfigID atomic.Uint32 // of the current key, for the status page
+	echFront    atomic.Pointer[echFrontKeys] // the same keys, parsed for echfront.go
+	echConfigID atomic.Uint32                // of the current key, for the status page
 	backends    atomic.Pointer[Backends]
 	limits      atomic.Pointer[Limits] // cfg's timeouts and limits, changed by SetLimits
 
@@ -116,6 +117,7 @@ func (e *Edge) SetECHKeys(keys []tls.EncryptedClientHelloKey, currentConfigID ui
 	if keys == nil {
 		keys = noECHKeys
 	}
+	e.echFront.Store(newECHFrontKeys(keys))
 	e.echKeys.Store(&keys)
 	e.echConfigID.Store(uint32(currentConfigID))
 }

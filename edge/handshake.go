@@ -173,6 +173,11 @@ func (e *Edge) handshake(pc *pendingConn) {
 		return
 	}
 	_ = tc.SetDeadline(deadline)
+	var front *echFront
+	if keys := e.echFront.Load(); keys != nil && len(keys.keys) > 0 {
+		front = newECHFront(keys)
+		tc.front = front
+	}
 	conn := tls.Server(tc, l.tlsConfig)
 	start := time.Now()
 	err := conn.Handshake()
@@ -197,7 +202,9 @@ func (e *Edge) handshake(pc *pendingConn) {
 
 	cs := conn.ConnectionState()
 	ech := ECHNone
-	if cs.ECHAccepted {
+	// crypto/tls reports acceptance only when it opened the hello itself;
+	// when the front did, it answered as a split-mode backend.
+	if cs.ECHAccepted || front != nil && front.accepted {
 		ech = ECHAccepted
 	} else if tc.echOffered {
 		ech = ECHRejected

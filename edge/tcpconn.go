@@ -53,6 +53,10 @@ type tcpConn struct {
 
 	// echOffered is set during the handshake by GetConfigForClient.
 	echOffered bool
+
+	// front opens ECH ClientHellos for crypto/tls (echfront.go) until it has
+	// handed over everything it read. Only the reading goroutine touches it.
+	front *echFront
 }
 
 func newTCPConn(c *net.TCPConn) (*tcpConn, error) {
@@ -77,6 +81,12 @@ func addrPort(a net.Addr) netip.AddrPort {
 }
 
 func (c *tcpConn) Read(p []byte) (int, error) {
+	if f := c.front; f != nil {
+		if !f.drained() {
+			return f.read(p, c.readSocket)
+		}
+		c.front = nil
+	}
 	if c.ahead == nil {
 		return c.readSocket(p)
 	}
