@@ -95,7 +95,16 @@ func figureHandshake(ctx context.Context, l *lab, o *figureOptions, log io.Write
 	cpu, front, rate := series{}, series{}, series{}
 	cfg := handshakeConfig{N: o.HandshakeN, Concurrency: o.Concurrency, Warmup: max(100, o.HandshakeN/10), Timeout: time.Minute}
 	err := rounds(ctx, o.Runs, stacks, log, func(run int, s stack) error {
-		res, err := runHandshakes(ctx, s.Target, s.groups(), cfg)
+		c := cfg
+		if run == 0 {
+			// A whole unmeasured pass first, so that every process is in its
+			// steady state: a fresh edge's heap grows to its GC floor over
+			// its first ~2,000 connections, paying a page fault for every
+			// fresh page once, which a relay that has run for a while no
+			// longer does.
+			c.Warmup += c.N
+		}
+		res, err := runHandshakes(ctx, s.Target, s.groups(), c)
 		if err != nil {
 			return err
 		}

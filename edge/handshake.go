@@ -182,6 +182,9 @@ func (e *Edge) handshake(pc *pendingConn) {
 	start := time.Now()
 	err := conn.Handshake()
 	elapsed := time.Since(start)
+	if front != nil && front.drained() {
+		tc.front = nil // an idle session must not keep its buffer
+	}
 	if err != nil {
 		reason := FailHandshake
 		if ne, ok := errors.AsType[net.Error](err); ok && ne.Timeout() {
