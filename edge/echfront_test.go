@@ -1,12 +1,16 @@
 package edge
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/tls"
 	"errors"
 	"io"
 	"net"
+	"slices"
+	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/crypto/cryptobyte"
 )
@@ -333,4 +337,74 @@ func FuzzECHFront(f *testing.F) {
 			t.Fatalf("nothing opened, yet the bytes changed:\n in %x\nout %x", in, out)
 		}
 	})
+}
+
+// coalescingConn holds back the client's first encrypted record (its
+// Finished) and sends it with the next write, so that the edge reads the
+// end of the handshake and the first data in one go, as it happens with
+// clients that speak right after the handshake.
+type coalescingConn struct {
+	net.Conn
+	held []byte
+	done bool
+}
+
+func (c *coalescingConn) Write(p []byte) (int, error) {
+	if c.done {
+		return c.Conn.Write(p)
+	}
+	if c.held == nil && hasRecordOfType(p, 23) {
+		c.held = slices.Clone(p)
+		return len(p), nil
+	}
+	if c.held != nil {
+		c.done = true
+		_, err := c.Conn.Write(append(c.held, p...))
+		return len(p), err
+	}
+	return c.Conn.Write(p)
+}
+
+// hasRecordOfType reports whether the records in p include one of type typ.
+func hasRecordOfType(p []byte, typ byte) bool {
+	for len(p) >= recordHeaderLen {
+		if p[0] == typ {
+			return true
+		}
+		p = p[min(len(p), recordHeaderLen+(int(p[3])<<8|int(p[4]))):]
+	}
+	return false
+}
+
+// TestECHFrontFirstDataWithFinished: bytes the front read past the
+// handshake reach the backend although nothing is left in the socket to wake
+// the poller for them.
+func TestECHFrontFirstDataWithFinished(t *testing.T) {
+	te, _, _ := startEdgeWithBackends(t, nil)
+	set := testKeySet(t, 7)
+	te.useKeys(set)
+	raw, err := net.Dial("tcp", te.addr("imaps"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc := &coalescingConn{Conn: raw}
+	conn := tls.Client(cc, &tls.Config{ServerName: "chat.example", RootCAs: te.roots, EncryptedClientHelloConfigList: set.ConfigList()})
+	defer conn.Close()
+	if err := conn.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.WriteString(conn, "a1 NOOP\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	if !cc.done {
+		t.Fatal("the Finished was not held back: the test does not test what it says")
+	}
+	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	r := bufio.NewReader(conn) // greeting and echo may come in one record
+	if got, err := r.ReadString('\n'); !strings.HasPrefix(got, "* OK") {
+		t.Fatalf("greeting %q, %v", got, err)
+	}
+	if got, err := r.ReadString('\n'); got != "a1 NOOP\r\n" {
+		t.Fatalf("echo %q, %v; want the command back", got, err)
+	}
 }

@@ -89,7 +89,7 @@ func (s *session) start() {
 	s.clientTCP.parked = true
 	s.backendTCP.parked = true
 	for _, p := range [...]*pump{&s.up, &s.down} {
-		if p.srcTLS != nil && tlsHasBuffered(p.srcTLS) {
+		if p.srcTLS != nil && (tlsHasBuffered(p.srcTLS) || p.srcTCP.holdsUnread()) {
 			go p.run()
 		} else {
 			p.park()

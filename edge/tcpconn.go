@@ -80,6 +80,13 @@ func addrPort(a net.Addr) netip.AddrPort {
 	return netip.AddrPort{}
 }
 
+// holdsUnread reports whether the ECH front still holds bytes it read from
+// the socket: the client's first data can come with its Finished, and then
+// nothing is left in the socket to wake the poller for it.
+func (c *tcpConn) holdsUnread() bool {
+	return c.front != nil && !c.front.drained()
+}
+
 func (c *tcpConn) Read(p []byte) (int, error) {
 	if f := c.front; f != nil {
 		if !f.drained() {
