@@ -29,6 +29,13 @@ const (
 
 // gcPercentFor is the GOGC that puts the next collection of a heap with
 // live bytes live at heapFloor, and never below 100.
+//
+// The runtime's goal is the larger of live×(1+GOGC/100) and a minimum heap
+// of 4 MiB×GOGC/100 (runtime/mgcpacer.go, defaultHeapMinimum), which alone
+// decides before the first collection and while less than 4 MiB is live.
+// So GOGC stays at or under maxFloorPercent, which puts that minimum at
+// the floor: a higher GOGC would move the first collection of a fresh edge
+// to 4 MiB×63 = 252 MiB.
 func gcPercentFor(live uint64) int {
 	if live == 0 {
 		live = 1 << 20
@@ -36,8 +43,12 @@ func gcPercentFor(live uint64) int {
 	if 2*live >= heapFloor {
 		return 100
 	}
-	return int(((heapFloor-live)*100 + live - 1) / live) // rounded up: not below the floor
+	p := int(((heapFloor-live)*100 + live - 1) / live) // rounded up: not below the floor
+	return min(p, maxFloorPercent)
 }
+
+// maxFloorPercent is the GOGC whose minimum heap is heapFloor.
+const maxFloorPercent = heapFloor / (4 << 20) * 100
 
 // keepGCFloor adjusts GOGC once a second until ctx ends. An operator's own
 // GOGC or GOMEMLIMIT in the environment wins: then it does nothing.

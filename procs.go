@@ -2,10 +2,8 @@ package main
 
 import (
 	"context"
-	"errors"
 	"os"
 	"runtime"
-	"runtime/metrics"
 	"time"
 
 	"go.uber.org/zap"
@@ -25,22 +23,25 @@ import (
 // thread also gets only its fair share of a core that the other processes
 // of the relay want too. So the edge runs on one P while that is enough,
 // switches to the runtime's default (one per core) while handshakes pile up
-// or goroutines keep waiting to run, and goes back to one after a quiet
-// spell.
+// or the process keeps a whole core busy, and goes back to one after a
+// quiet spell.
+//
+// The scheduler's own latency histogram (/sched/latencies) was tried as a
+// signal and dropped: on a VM whose host is busy, goroutines wait because
+// the host preempts the edge's one thread, and more Ps do not help that.
 const (
 	procsInterval = 100 * time.Millisecond
-	// A window is saturated when saturatedBacklog connections or more wait
-	// for their handshake to finish (Edge.HandshakeBacklog: a storm of
-	// reconnecting clients), or when at least saturatedShare of the
-	// goroutines that started running in it had waited saturatedWait or
-	// longer (the runtime's /sched/latencies: one P busy with something
-	// else). saturatedWindows in a row switch to all cores. Under a steady
-	// load that one P serves, a few per cent of goroutines wait that long:
-	// those behind a handshake's cryptography (some hundred microseconds).
+	// saturatedBacklog or more connections waiting for their handshake to
+	// finish (Edge.HandshakeBacklog: a storm of reconnecting clients) for
+	// backlogWindows in a row switch to all cores.
 	saturatedBacklog = 64
-	saturatedWait    = 4 * time.Millisecond
-	saturatedShare   = 0.5
-	saturatedWindows = 3
+	backlogWindows   = 3
+	// So does a process that used busyShare of a core or more, averaged
+	// over busyWindows: one P is saturated by steady work, bulk copying
+	// say. (With one P the process rarely uses more than one core; under
+	// the handshake figure's steady load it uses about 0.7.)
+	busyShare   = 0.9
+	busyWindows = 10
 	// Back to one P after quietWindows in a row without a backlog and with
 	// less than quietShare of one core used: load that one P serves.
 	quietShare   = 0.5
@@ -49,14 +50,8 @@ const (
 
 // procsSample is what the governor sees of one window.
 type procsSample struct {
-	scheduled, waitedLong uint64        // goroutines that started running, and those of them that had waited saturatedWait or longer
-	cpu, elapsed          time.Duration // the process's CPU time (user and system) and the window's length
-	backlog               int           // handshakes waiting or running at the window's end
-}
-
-func (s procsSample) saturated() bool {
-	return s.backlog >= saturatedBacklog ||
-		s.scheduled > 0 && float64(s.waitedLong) >= saturatedShare*float64(s.scheduled)
+	cpu, elapsed time.Duration // the process's CPU time (user and system) and the window's length
+	backlog      int           // handshakes waiting or running at the window's end
 }
 
 func (s procsSample) quiet() bool {
@@ -66,19 +61,24 @@ func (s procsSample) quiet() bool {
 // procsGovernor decides, window by window, between one P and all of them.
 type procsGovernor struct {
 	current, max int // Ps in use, and the runtime's default
-	hot, calm    int // windows in a row that were saturated, or quiet
+	piled, calm  int // windows in a row with a handshake backlog, or quiet
+	recent       [busyWindows]procsSample
+	slot         int // where the next window goes in recent
 }
 
 // next takes one window and returns the number of Ps to use from now on.
 func (g *procsGovernor) next(s procsSample) int {
+	g.recent[g.slot] = s
+	g.slot = (g.slot + 1) % busyWindows
 	if g.current < g.max {
-		if s.saturated() {
-			g.hot++
+		if s.backlog >= saturatedBacklog {
+			g.piled++
 		} else {
-			g.hot = 0
+			g.piled = 0
 		}
-		if g.hot >= saturatedWindows {
-			g.current, g.hot, g.calm = g.max, 0, 0
+		if g.piled >= backlogWindows || g.busy() {
+			g.current, g.piled, g.calm = g.max, 0, 0
+			g.recent = [busyWindows]procsSample{}
 		}
 		return g.current
 	}
@@ -88,27 +88,35 @@ func (g *procsGovernor) next(s procsSample) int {
 		g.calm = 0
 	}
 	if g.calm >= quietWindows {
-		g.current, g.hot, g.calm = 1, 0, 0
+		g.current, g.piled, g.calm = 1, 0, 0
+		g.recent = [busyWindows]procsSample{}
 	}
 	return g.current
 }
 
-// procsSampler reads the runtime's scheduling latencies and the process's
-// CPU time, and turns two readings into the window between them.
-type procsSampler struct {
-	metric  []metrics.Sample
-	counts  []uint64 // the histogram's counts at the last reading
-	longIdx int      // first bucket whose lower bound is at least saturatedWait
-	cpu     time.Duration
-	at      time.Time
+// busy reports whether the last busyWindows windows used busyShare of a
+// core or more.
+func (g *procsGovernor) busy() bool {
+	var cpu, elapsed time.Duration
+	for _, w := range g.recent {
+		if w.elapsed == 0 {
+			return false // not enough windows yet
+		}
+		cpu += w.cpu
+		elapsed += w.elapsed
+	}
+	return float64(cpu) >= busyShare*float64(elapsed)
 }
 
-const schedLatencies = "/sched/latencies:seconds"
-
-var errNoSchedLatencies = errors.New("the runtime does not report " + schedLatencies)
+// procsSampler turns two readings of the process's CPU time into the window
+// between them.
+type procsSampler struct {
+	cpu time.Duration
+	at  time.Time
+}
 
 func newProcsSampler() (*procsSampler, error) {
-	s := &procsSampler{metric: []metrics.Sample{{Name: schedLatencies}}}
+	s := &procsSampler{}
 	if _, err := s.read(); err != nil {
 		return nil, err
 	}
@@ -122,33 +130,10 @@ func (s *procsSampler) read() (procsSample, error) {
 		return procsSample{}, err
 	}
 	now := time.Now()
-	metrics.Read(s.metric)
-	v := s.metric[0].Value
-	if v.Kind() != metrics.KindFloat64Histogram {
-		return procsSample{}, errNoSchedLatencies
+	w := procsSample{cpu: cpu - s.cpu, elapsed: now.Sub(s.at)}
+	if s.at.IsZero() {
+		w = procsSample{}
 	}
-	h := v.Float64Histogram()
-	var w procsSample
-	if s.counts != nil && len(s.counts) == len(h.Counts) {
-		for i, c := range h.Counts {
-			d := c - s.counts[i]
-			w.scheduled += d
-			if i >= s.longIdx {
-				w.waitedLong += d
-			}
-		}
-		w.cpu, w.elapsed = cpu-s.cpu, now.Sub(s.at)
-	} else {
-		// Buckets[i] is the lower bound of Counts[i].
-		s.longIdx = len(h.Counts)
-		for i := range h.Counts {
-			if h.Buckets[i] >= saturatedWait.Seconds() {
-				s.longIdx = i
-				break
-			}
-		}
-	}
-	s.counts = append(s.counts[:0], h.Counts...)
 	s.cpu, s.at = cpu, now
 	return w, nil
 }
@@ -200,6 +185,6 @@ func keepProcs(ctx context.Context, log *zap.Logger, backlog func() int) {
 		// changed since the start.
 		runtime.SetDefaultGOMAXPROCS()
 		g.current, g.max = runtime.GOMAXPROCS(0), runtime.GOMAXPROCS(0)
-		log.Info("handshakes or goroutines are waiting: running on all processors", zap.Int("processors", g.current), zap.Int("handshake_backlog", w.backlog))
+		log.Info("handshakes pile up or one processor is busy: running on all processors", zap.Int("processors", g.current), zap.Int("handshake_backlog", w.backlog))
 	}
 }
