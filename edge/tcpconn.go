@@ -131,12 +131,8 @@ func (c *tcpConn) readSocket(p []byte) (int, error) {
 	var n int
 	var errno error
 	err := c.raw.Read(func(fd uintptr) bool {
-		for {
-			n, errno = syscall.Read(int(fd), p)
-			if errno != syscall.EINTR {
-				return true
-			}
-		}
+		n, errno = readFD(fd, p)
+		return true
 	})
 	switch {
 	case err != nil:

@@ -3,6 +3,7 @@
 package edge
 
 import (
+	"syscall"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -19,4 +20,14 @@ func (c *tcpConn) hasData() bool {
 		return true
 	})
 	return err == nil && errno == 0 && n <= 1
+}
+
+// readFD is read(2) on a non-blocking socket, retried on EINTR.
+func readFD(fd uintptr, p []byte) (int, error) {
+	for {
+		n, err := syscall.Read(int(fd), p)
+		if err != syscall.EINTR {
+			return n, err
+		}
+	}
 }
