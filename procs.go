@@ -116,11 +116,11 @@ type procsSampler struct {
 }
 
 func newProcsSampler() (*procsSampler, error) {
-	s := &procsSampler{}
-	if _, err := s.read(); err != nil {
+	cpu, err := processCPUTime()
+	if err != nil {
 		return nil, err
 	}
-	return s, nil
+	return &procsSampler{cpu: cpu, at: time.Now()}, nil
 }
 
 // read takes a reading and returns the window since the previous one.
@@ -131,9 +131,6 @@ func (s *procsSampler) read() (procsSample, error) {
 	}
 	now := time.Now()
 	w := procsSample{cpu: cpu - s.cpu, elapsed: now.Sub(s.at)}
-	if s.at.IsZero() {
-		w = procsSample{}
-	}
 	s.cpu, s.at = cpu, now
 	return w, nil
 }
@@ -184,7 +181,8 @@ func keepProcs(ctx context.Context, log *zap.Logger, backlog func() int) {
 		// The runtime's default follows the CPU quota, which may have
 		// changed since the start.
 		runtime.SetDefaultGOMAXPROCS()
-		g.current, g.max = runtime.GOMAXPROCS(0), runtime.GOMAXPROCS(0)
+		g.max = runtime.GOMAXPROCS(0)
+		g.current = g.max
 		log.Info("handshakes pile up or one processor is busy: running on all processors", zap.Int("processors", g.current), zap.Int("handshake_backlog", w.backlog))
 	}
 }

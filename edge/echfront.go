@@ -27,7 +27,6 @@ import (
 
 const (
 	recordHeaderLen        = 5
-	maxPlaintextRecord     = 1 << 14 // RFC 8446 §5.1
 	recordTypeCCS          = 20
 	recordTypeHandshake    = 22
 	handshakeClientHello   = 1
@@ -118,7 +117,7 @@ func (f *echFront) read(p []byte, readMore func([]byte) (int, error)) (int, erro
 		}
 		if len(f.in) >= recordHeaderLen {
 			n := int(binary.BigEndian.Uint16(f.in[3:5]))
-			if n > maxPlaintextRecord+256 { // not a record we can hold: crypto/tls will say so
+			if n > maxRecordPlaintext+256 { // not a record we can hold: crypto/tls will say so
 				f.passing = true
 				continue
 			}
@@ -175,7 +174,7 @@ func (f *echFront) take(rec []byte) []byte {
 // outer record's: crypto/tls checks it after the first hello), or false.
 func (f *echFront) openHello(msg []byte, vers [2]byte) ([]byte, bool) {
 	hello, ok := parseOuterHello(msg)
-	if !ok || hello.payloadAt == 0 {
+	if !ok || hello.ech == nil {
 		return nil, false
 	}
 	ech := cryptobyte.String(hello.ech)
@@ -209,11 +208,12 @@ func (f *echFront) openHello(msg []byte, vers [2]byte) ([]byte, bool) {
 		// empty enc (RFC 9849 §6.1.5).
 		return nil, false
 	}
-	// ClientHelloOuterAAD is the outer ClientHello with the payload zeroed
-	// (RFC 9849 §5.2).
-	body := msg[4:]
-	aad := slices.Clone(body)
-	clear(aad[hello.payloadAt-4 : hello.payloadAt-4+len(payload)])
+	// ClientHelloOuterAAD is the outer ClientHello (without its handshake
+	// header) with the payload, the extension's last field, zeroed (RFC 9849
+	// §5.2).
+	payloadEnd := hello.echAt + len(hello.ech) - 4
+	aad := slices.Clone(msg[4:])
+	clear(aad[payloadEnd-len(payload) : payloadEnd])
 	encoded, err := ctx.Open(aad, payload)
 	if err != nil {
 		return nil, false
@@ -235,7 +235,7 @@ type outerHello struct {
 	sessionID []byte
 	exts      []rawExtension
 	ech       []byte // the encrypted_client_hello extension's data
-	payloadAt int    // where the ECH payload starts in the message
+	echAt     int    // where that data starts in the message
 }
 
 type rawExtension struct {
@@ -272,13 +272,7 @@ func parseOuterHello(msg []byte) (outerHello, bool) {
 		}
 		h.exts = append(h.exts, rawExtension{typ: typ, data: msg[start : len(msg)-len(exts)]})
 		if typ == extensionECH {
-			h.ech = data
-			// type(1) kdf(2) aead(2) config_id(1) enc<2> payload<2>
-			dataAt := start + 4
-			if len(data) >= 8 {
-				encLen := int(binary.BigEndian.Uint16(data[6:8]))
-				h.payloadAt = dataAt + 8 + encLen + 2
-			}
+			h.ech, h.echAt = data, start+4
 		}
 	}
 	return h, true
@@ -394,7 +388,7 @@ func offersOnlyTLS13(data []byte) bool {
 // (RFC 8446 §5.1), fragmented if it is longer than a record may be.
 func appendHandshakeRecords(out []byte, vers [2]byte, msg []byte) []byte {
 	for len(msg) > 0 {
-		n := min(len(msg), maxPlaintextRecord)
+		n := min(len(msg), maxRecordPlaintext)
 		out = append(out, recordTypeHandshake, vers[0], vers[1], byte(n>>8), byte(n))
 		out = append(out, msg[:n]...)
 		msg = msg[n:]
