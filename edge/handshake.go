@@ -307,7 +307,7 @@ func (e *Edge) backendFor(route Route) (Backend, mail.Protocol) {
 // DialBackend is the dialer the mail backends must use, so that the edge can
 // park the backend side of a session as well.
 func (e *Edge) DialBackend(ctx context.Context, network, address string) (net.Conn, error) {
-	d := net.Dialer{KeepAlive: noKeepAlive} // loopback: nothing to probe
+	d := net.Dialer{KeepAlive: noKeepAlive, Control: connectEarly} // loopback: nothing to probe
 	c, err := d.DialContext(ctx, network, address)
 	if err != nil {
 		return nil, err

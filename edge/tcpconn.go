@@ -122,25 +122,27 @@ func (c *tcpConn) stopReadAhead() {
 	c.ahead, c.aheadPos = nil, 0
 }
 
-// readSocket reads from the socket itself: blocking until the connection is
-// parked, then returning errWouldBlock when nothing is there.
+// readSocket reads from the socket itself: waiting for data like any
+// net.Conn until the connection is parked, then returning errWouldBlock
+// when nothing is there.
 func (c *tcpConn) readSocket(p []byte) (int, error) {
-	if !c.parked {
+	if !rawSocketIO && !c.parked {
 		return c.TCPConn.Read(p)
 	}
+	wait := !c.parked
 	var n int
 	var errno error
 	err := c.raw.Read(func(fd uintptr) bool {
 		n, errno = readFD(fd, p)
-		return true
+		return !wait || errno != syscall.EAGAIN // false: wait until readable
 	})
 	switch {
 	case err != nil:
-		return 0, err
+		return 0, c.opError("read", err)
 	case errno == syscall.EAGAIN:
 		return 0, errWouldBlock
 	case errno != nil:
-		return 0, &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("read", errno)}
+		return 0, c.opError("read", errno)
 	case n == 0 && len(p) > 0:
 		return 0, io.EOF
 	}
@@ -168,7 +170,49 @@ func (c *tcpConn) Write(p []byte) (int, error) {
 			return len(p), nil
 		}
 	}
-	return c.TCPConn.Write(p)
+	return c.writeSocket(p)
+}
+
+// writeSocket writes all of p, waiting for room in the socket as a
+// net.Conn does (and honouring its write deadline).
+func (c *tcpConn) writeSocket(p []byte) (int, error) {
+	if !rawSocketIO {
+		return c.TCPConn.Write(p)
+	}
+	written := 0
+	var errno error
+	err := c.raw.Write(func(fd uintptr) bool {
+		for written < len(p) {
+			n, e := writeFD(fd, p[written:])
+			switch {
+			case e == syscall.EAGAIN:
+				return false // wait until writable
+			case e != nil:
+				errno = e
+				return true
+			}
+			written += n
+		}
+		return true
+	})
+	if err == nil {
+		err = errno
+	}
+	if err != nil {
+		return written, c.opError("write", err)
+	}
+	return written, nil
+}
+
+// opError reports a failed read or write the way net.TCPConn does, whether
+// the socket failed (an errno) or waiting for it did (deadline, closed).
+func (c *tcpConn) opError(op string, err error) error {
+	if oe, ok := errors.AsType[*net.OpError](err); ok {
+		err = oe.Err // the raw-read or raw-write of syscall.RawConn
+	} else if errno, ok := err.(syscall.Errno); ok {
+		err = os.NewSyscallError(op, errno)
+	}
+	return &net.OpError{Op: op, Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
 }
 
 // collectWrites starts collecting writes in buf (length 0) until sendCollected.
@@ -191,7 +235,7 @@ func (c *tcpConn) flushLocked() error {
 	if len(c.batch) == 0 {
 		return nil
 	}
-	_, err := c.TCPConn.Write(c.batch)
+	_, err := c.writeSocket(c.batch)
 	c.batch = c.batch[:0]
 	return err
 }
