@@ -204,6 +204,23 @@ func (c *tcpConn) writeSocket(p []byte) (int, error) {
 	return written, nil
 }
 
+// CloseWrite sends the TCP FIN. On loopback the kernel hands it to the
+// receiver within the call, so it is made like reads and writes (rawIO).
+func (c *tcpConn) CloseWrite() error {
+	if !rawSocketIO {
+		return c.TCPConn.CloseWrite()
+	}
+	var errno error
+	err := c.raw.Control(func(fd uintptr) { errno = shutdownWrite(fd) })
+	if err == nil {
+		err = errno
+	}
+	if err != nil {
+		return c.opError("close", err)
+	}
+	return nil
+}
+
 // opError reports a failed read or write the way net.TCPConn does, whether
 // the socket failed (an errno) or waiting for it did (deadline, closed).
 func (c *tcpConn) opError(op string, err error) error {

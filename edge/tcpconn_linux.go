@@ -52,6 +52,14 @@ func rawIO(trap, fd uintptr, p []byte) (int, error) {
 	}
 }
 
+// shutdownWrite is shutdown(2) of the sending side, made like rawIO.
+func shutdownWrite(fd uintptr) error {
+	if _, _, errno := syscall.RawSyscall(unix.SYS_SHUTDOWN, fd, unix.SHUT_WR, 0); errno != 0 {
+		return errno
+	}
+	return nil
+}
+
 // connectEarly is a net.Dialer Control hook that makes the connect(2)
 // itself, without the runtime's bookkeeping for blocking calls (see rawIO):
 // on loopback the kernel runs the whole TCP handshake, the listener's side

@@ -16,6 +16,9 @@ const rawSocketIO = false
 // readFD is only used on parked connections, which need Linux.
 func readFD(uintptr, []byte) (int, error) { return 0, errors.ErrUnsupported }
 
+// shutdownWrite is not used without rawSocketIO.
+func shutdownWrite(uintptr) error { return errors.ErrUnsupported }
+
 // writeFD is not used without rawSocketIO.
 func writeFD(uintptr, []byte) (int, error) { return 0, errors.ErrUnsupported }
 

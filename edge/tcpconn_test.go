@@ -64,6 +64,20 @@ func TestDialBackendCarriesData(t *testing.T) {
 			if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "pong\n" {
 				t.Fatalf("read %q, %v", buf, err)
 			}
+
+			// Half-close: the peer sees the end of stream and can still answer.
+			if err := c.(*tcpConn).CloseWrite(); err != nil {
+				t.Fatalf("CloseWrite: %v", err)
+			}
+			if rest, err := io.ReadAll(peer); err != nil || len(rest) != 0 {
+				t.Fatalf("peer after CloseWrite: read %q, %v; want the end of stream", rest, err)
+			}
+			if _, err := peer.Write([]byte("bye\n")); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := io.ReadFull(c, buf[:4]); err != nil || string(buf[:4]) != "bye\n" {
+				t.Fatalf("read after CloseWrite %q, %v", buf[:4], err)
+			}
 		})
 	}
 }
