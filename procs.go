@@ -19,12 +19,15 @@ import (
 // bursts (accept, a handshake, a dial, a few records), and on the 2-core VM
 // of docs/BENCHMARKS.md one P cost about a quarter less CPU per new
 // connection than two. One P also caps the edge's Go code at one core,
-// though, and a reconnect storm was served faster with two: there the one
-// thread also gets only its fair share of a core that the other processes
-// of the relay want too. So the edge runs on one P while that is enough,
-// switches to the runtime's default (one per core) while handshakes pile up
-// or the process keeps a whole core busy, and goes back to one after a
-// quiet spell.
+// though. So the edge runs on one P while that is enough, switches to the
+// runtime's default (one per core) while handshakes pile up or the process
+// keeps a whole core busy, but only if the machine has idle CPU for more
+// threads to use, and goes back to one after a quiet spell. With every core
+// busy (a reconnect storm on a small machine, where Dovecot and the
+// clients' TLS want the other cores too), more Ps only add cross-core
+// wake-ups: the edge served such a storm 7 % sooner on one P, with a fifth
+// less CPU, once its socket calls stopped handing their P to another thread
+// (edge/tcpconn_linux.go).
 //
 // The scheduler's own latency histogram (/sched/latencies) was tried as a
 // signal and dropped: on a VM whose host is busy, goroutines wait because
@@ -42,6 +45,9 @@ const (
 	// the handshake figure's steady load it uses about 0.7.)
 	busyShare   = 0.9
 	busyWindows = 10
+	// Either switch needs spareShare of a core or more idle on the machine,
+	// averaged over the last backlogWindows.
+	spareShare = 0.25
 	// Back to one P after quietWindows in a row without a backlog and with
 	// less than quietShare of one core used: load that one P serves.
 	quietShare   = 0.5
@@ -52,6 +58,9 @@ const (
 type procsSample struct {
 	cpu, elapsed time.Duration // the process's CPU time (user and system) and the window's length
 	backlog      int           // handshakes waiting or running at the window's end
+	// idle is the machine's idle CPU time in the window, summed over its
+	// cores; negative where the system does not tell.
+	idle time.Duration
 }
 
 func (s procsSample) quiet() bool {
@@ -76,7 +85,7 @@ func (g *procsGovernor) next(s procsSample) int {
 		} else {
 			g.piled = 0
 		}
-		if g.piled >= backlogWindows || g.busy() {
+		if (g.piled >= backlogWindows || g.busy()) && g.spare() {
 			g.current, g.piled, g.calm = g.max, 0, 0
 			g.recent = [busyWindows]procsSample{}
 		}
@@ -108,11 +117,26 @@ func (g *procsGovernor) busy() bool {
 	return float64(cpu) >= busyShare*float64(elapsed)
 }
 
+// spare reports whether the machine had spareShare of a core or more idle
+// over the last backlogWindows windows (or does not say).
+func (g *procsGovernor) spare() bool {
+	var idle, elapsed time.Duration
+	for i := 1; i <= backlogWindows; i++ {
+		w := g.recent[(g.slot-i+busyWindows)%busyWindows]
+		if w.idle < 0 {
+			return true
+		}
+		idle += w.idle
+		elapsed += w.elapsed
+	}
+	return float64(idle) >= spareShare*float64(elapsed)
+}
+
 // procsSampler turns two readings of the process's CPU time into the window
 // between them.
 type procsSampler struct {
-	cpu time.Duration
-	at  time.Time
+	cpu, idle time.Duration // idle is negative where machineIdleTime fails
+	at        time.Time
 }
 
 func newProcsSampler() (*procsSampler, error) {
@@ -120,7 +144,11 @@ func newProcsSampler() (*procsSampler, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &procsSampler{cpu: cpu, at: time.Now()}, nil
+	idle, err := machineIdleTime()
+	if err != nil {
+		idle = -1
+	}
+	return &procsSampler{cpu: cpu, idle: idle, at: time.Now()}, nil
 }
 
 // read takes a reading and returns the window since the previous one.
@@ -130,8 +158,13 @@ func (s *procsSampler) read() (procsSample, error) {
 		return procsSample{}, err
 	}
 	now := time.Now()
-	w := procsSample{cpu: cpu - s.cpu, elapsed: now.Sub(s.at)}
+	w := procsSample{cpu: cpu - s.cpu, elapsed: now.Sub(s.at), idle: -1}
 	s.cpu, s.at = cpu, now
+	if s.idle >= 0 {
+		if idle, err := machineIdleTime(); err == nil {
+			w.idle, s.idle = idle-s.idle, idle
+		}
+	}
 	return w, nil
 }
 
@@ -183,6 +216,6 @@ func keepProcs(ctx context.Context, log *zap.Logger, backlog func() int) {
 		runtime.SetDefaultGOMAXPROCS()
 		g.max = runtime.GOMAXPROCS(0)
 		g.current = g.max
-		log.Info("handshakes pile up or one processor is busy: running on all processors", zap.Int("processors", g.current), zap.Int("handshake_backlog", w.backlog))
+		log.Info("handshakes pile up or one processor is busy, and the machine has idle CPU: running on all processors", zap.Int("processors", g.current), zap.Int("handshake_backlog", w.backlog))
 	}
 }

@@ -8,10 +8,11 @@ import (
 
 func TestProcsGovernor(t *testing.T) {
 	const window = procsInterval
-	steady := procsSample{cpu: window * 7 / 10, elapsed: window} // the handshake figure's load on one P
-	busy := procsSample{cpu: window, elapsed: window}
-	quiet := procsSample{cpu: window / 10, elapsed: window}
-	storm := procsSample{cpu: window / 2, elapsed: window, backlog: saturatedBacklog}
+	// A machine with a core idle, as when the clients are elsewhere.
+	steady := procsSample{cpu: window * 7 / 10, elapsed: window, idle: window} // the handshake figure's load on one P
+	busy := procsSample{cpu: window, elapsed: window, idle: window}
+	quiet := procsSample{cpu: window / 10, elapsed: window, idle: window}
+	storm := procsSample{cpu: window / 2, elapsed: window, backlog: saturatedBacklog, idle: window}
 
 	t.Run("steady load that one P serves stays on one", func(t *testing.T) {
 		g := &procsGovernor{current: 1, max: 4}
@@ -67,6 +68,37 @@ func TestProcsGovernor(t *testing.T) {
 			}
 		}
 	})
+	t.Run("no switch while every core is busy", func(t *testing.T) {
+		g := &procsGovernor{current: 1, max: 2}
+		// A storm with the P busy: both reasons to switch, but Dovecot and
+		// the clients keep the other core busy.
+		crowded := procsSample{cpu: window, elapsed: window, backlog: saturatedBacklog, idle: window / 10}
+		for i := range 10 * busyWindows {
+			if n := g.next(crowded); n != 1 {
+				t.Fatalf("window %d: switched to %d with no idle core to run more threads", i, n)
+			}
+		}
+		// A core turns idle while the backlog lasts: switch within the
+		// windows the idle time is averaged over.
+		for i := range backlogWindows {
+			if n := g.next(storm); n == 2 {
+				return
+			} else if i == backlogWindows-1 {
+				t.Fatalf("still %d processors after %d windows with a backlog and an idle core", n, backlogWindows)
+			}
+		}
+	})
+	t.Run("a system that does not tell its idle time switches as before", func(t *testing.T) {
+		g := &procsGovernor{current: 1, max: 2}
+		unknown := storm
+		unknown.idle = -1
+		for range backlogWindows {
+			g.next(unknown)
+		}
+		if g.current != 2 {
+			t.Fatalf("%d processors after a backlog on a system without idle times, want 2", g.current)
+		}
+	})
 	t.Run("back to one after a quiet spell", func(t *testing.T) {
 		g := &procsGovernor{current: 4, max: 4}
 		for range quietWindows - 1 {
@@ -105,5 +137,16 @@ func TestProcsSampler(t *testing.T) {
 	}
 	if w.cpu > 2*w.elapsed*time.Duration(runtime.NumCPU()) {
 		t.Errorf("cpu %v in a window of %v: not a plausible reading", w.cpu, w.elapsed)
+	}
+	// Idle time comes in ticks of 10 ms, so a short window may show none;
+	// it can never exceed the window times the number of CPUs (plus a tick
+	// per CPU of rounding).
+	if runtime.GOOS == "linux" {
+		if w.idle < 0 {
+			t.Fatal("no idle time on Linux")
+		}
+		if limit := (w.elapsed + 10*time.Millisecond) * time.Duration(runtime.NumCPU()); w.idle > limit {
+			t.Errorf("idle %v in a window of %v on %d CPUs: not a plausible reading", w.idle, w.elapsed, runtime.NumCPU())
+		}
 	}
 }

@@ -55,7 +55,7 @@ func rawIO(trap, fd uintptr, p []byte) (int, error) {
 // shutdownWrite is shutdown(2) of the sending side, made like rawIO.
 func shutdownWrite(fd uintptr) error {
 	if _, _, errno := syscall.RawSyscall(unix.SYS_SHUTDOWN, fd, unix.SHUT_WR, 0); errno != 0 {
-		return errno
+		return os.NewSyscallError("shutdown", errno)
 	}
 	return nil
 }
