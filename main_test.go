@@ -114,8 +114,8 @@ func TestDemoProcessContract(t *testing.T) {
 	}
 }
 
-// shellUnquote undoes shellQuote for one word: 'text', with each ' inside
-// written '\''.
+// shellUnquote undoes shellQuote for one word: quotes around it, and each
+// quote inside written as quote, backslash, quote, quote.
 func shellUnquote(a string) string {
 	if len(a) >= 2 && strings.HasPrefix(a, "'") && strings.HasSuffix(a, "'") {
 		return strings.ReplaceAll(a[1:len(a)-1], `'\''`, "'")
