@@ -161,9 +161,15 @@ func (s *procsSampler) read() (procsSample, error) {
 	w := procsSample{cpu: cpu - s.cpu, elapsed: now.Sub(s.at), idle: -1}
 	s.cpu, s.at = cpu, now
 	if s.idle >= 0 {
-		if idle, err := machineIdleTime(); err == nil {
-			w.idle, s.idle = idle-s.idle, idle
+		// A failed reading ends idle accounting for good, rather than
+		// folding two windows into the next one.
+		idle, err := machineIdleTime()
+		if err != nil {
+			idle = -1
+		} else {
+			w.idle = idle - s.idle
 		}
+		s.idle = idle
 	}
 	return w, nil
 }
