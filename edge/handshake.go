@@ -88,10 +88,8 @@ func (e *Edge) helloArrived(pc *pendingConn) {
 		return
 	}
 	pc.state = queued
-	if pc.registered {
-		e.poller.remove(pc.tc.fd, pc.tok)
-		pc.registered = false
-	}
+	// The registration stays, disarmed (it is one-shot): the session's
+	// client pump takes it over, or dropPending gives it up.
 	e.mu.Unlock()
 	e.enqueue(pc)
 }
@@ -114,7 +112,7 @@ func (e *Edge) dropPending(pc *pendingConn, reason FailReason, detail string) {
 	}
 	delete(e.pending, pc)
 	if pc.registered {
-		e.poller.remove(pc.tc.fd, pc.tok)
+		e.poller.forget(pc.tok)
 		pc.registered = false
 	}
 	e.mu.Unlock()
@@ -223,12 +221,25 @@ func (e *Edge) handshake(pc *pendingConn) {
 
 	switch route {
 	case RouteHTTP:
+		e.forgetRegistration(pc)
 		e.toHTTP(pc, conn)
 	case RouteACME:
 		// The validation is complete once the handshake is; RFC 8737 §3.
+		e.forgetRegistration(pc)
 		e.closeRouted(pc, conn)
 	default:
 		go e.connectBackend(pc, conn, route, &cs)
+	}
+}
+
+// forgetRegistration gives up the poller registration a connection got
+// while it waited for its ClientHello, when no session takes it over. The
+// registration is disarmed, so nothing fires until the socket is closed.
+// pc has left e.pending: nothing else looks at it any more.
+func (e *Edge) forgetRegistration(pc *pendingConn) {
+	if pc.registered {
+		e.poller.forget(pc.tok)
+		pc.registered = false
 	}
 }
 
@@ -284,12 +295,25 @@ func (e *Edge) connectBackend(pc *pendingConn, conn *tls.Conn, route Route, cs *
 		e.log.Warn("backend unreachable, refusing client", zap.Uint64("conn", pc.id), zap.String("route", route.String()), zap.Error(err))
 		_ = conn.SetWriteDeadline(time.Now().Add(time.Second))
 		_, _ = conn.Write(proto.Refusal(e.cfg.Hostname, "service temporarily unavailable, try again later"))
+		e.forgetRegistration(pc)
 		e.closeRouted(pc, conn)
 		return
 	}
 	s := newSession(e, l, pc.id, route, conn, tc, bconn, btc)
+	if pc.registered {
+		// The client's socket keeps the registration it waited for its
+		// ClientHello with: re-arming it costs one epoll_ctl, removing and
+		// adding it again two. The session is not tracked yet, so nothing
+		// else sees its pumps.
+		e.poller.retarget(pc.tok, s.up.runFunc)
+		s.up.tok, s.up.registered = pc.tok, true
+		pc.registered = false
+	}
 	if !e.trackSession(s) {
 		bconn.Close()
+		if s.up.registered {
+			e.poller.forget(s.up.tok)
+		}
 		e.closeRouted(pc, conn)
 		return
 	}

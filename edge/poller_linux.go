@@ -123,11 +123,25 @@ func (p *poller) rearm(fd int, tok pollToken) error {
 	return nil
 }
 
-// remove unregisters fd. It must be called before fd is closed; an event that
-// is already in flight for tok is dropped by the generation check.
-func (p *poller) remove(fd int, tok pollToken) {
-	_ = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, fd, nil)
+// forget gives up the registration tok of a socket that is about to be
+// closed. It makes no system call: closing the last descriptor of a socket
+// takes it out of every epoll set (epoll(7), Q6), and an event already in
+// flight for tok, or one from a descriptor that a forked child still holds
+// for a moment, is dropped by the generation check.
+func (p *poller) forget(tok pollToken) {
 	p.release(tok)
+}
+
+// retarget makes a disarmed registration (its one event has fired and it
+// has not been re-armed since) run target on its next event, so that a
+// socket keeps one registration from its first byte to its close.
+func (p *poller) retarget(tok pollToken, target func()) {
+	idx, gen := uint32(tok), uint32(tok>>32)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if int(idx) < len(p.slots) && p.slots[idx].gen == gen {
+		p.slots[idx].target = target
+	}
 }
 
 func (p *poller) release(tok pollToken) {

@@ -209,7 +209,13 @@ func (p *pump) end(err error) {
 	}
 	// Pass the half-close on (RFC 8446 §6.1 close_notify, then TCP FIN) and
 	// let the other direction drain; IMAP and SMTP servers close right after.
+	// Once the other direction has ended too, closing says the same: Close
+	// sends the close_notify, and a socket read to its end closes with a FIN.
 	p.ended.Store(true)
+	if p.other().ended.Load() {
+		s.close("closed", nil)
+		return
+	}
 	if p.dstTLS != nil {
 		p.dstTLS.SetWriteDeadline(time.Now().Add(time.Second))
 		_ = p.dstTLS.CloseWrite()
@@ -222,6 +228,14 @@ func (p *pump) end(err error) {
 	s.halfClosed.CompareAndSwap(0, time.Now().UnixNano())
 }
 
+// other is the pump of the opposite direction.
+func (p *pump) other() *pump {
+	if p == &p.s.up {
+		return &p.s.down
+	}
+	return &p.s.up
+}
+
 // close ends the session once; later calls do nothing.
 func (s *session) close(reason string, err error) {
 	s.mu.Lock()
@@ -230,9 +244,10 @@ func (s *session) close(reason string, err error) {
 		return
 	}
 	s.closed = true
+	// Both sockets are closed below, which takes them out of the epoll set.
 	for _, p := range [...]*pump{&s.up, &s.down} {
 		if p.registered {
-			s.e.poller.remove(p.srcTCP.fd, p.tok)
+			s.e.poller.forget(p.tok)
 			p.registered = false
 		}
 	}
