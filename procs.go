@@ -135,8 +135,9 @@ func (g *procsGovernor) spare() bool {
 // procsSampler turns two readings of the process's CPU time into the window
 // between them.
 type procsSampler struct {
-	cpu, idle time.Duration // idle is negative where machineIdleTime fails
+	cpu, idle time.Duration // idle is negative without an idle clock
 	at        time.Time
+	clock     *idleClock // nil where the machine's idle time cannot be read
 }
 
 func newProcsSampler() (*procsSampler, error) {
@@ -144,11 +145,23 @@ func newProcsSampler() (*procsSampler, error) {
 	if err != nil {
 		return nil, err
 	}
-	idle, err := machineIdleTime()
-	if err != nil {
-		idle = -1
+	s := &procsSampler{cpu: cpu, idle: -1, at: time.Now()}
+	if clock, err := openIdleClock(); err == nil {
+		if s.idle, err = clock.read(); err == nil {
+			s.clock = clock
+		} else {
+			clock.close()
+			s.idle = -1
+		}
 	}
-	return &procsSampler{cpu: cpu, idle: idle, at: time.Now()}, nil
+	return s, nil
+}
+
+func (s *procsSampler) close() {
+	if s.clock != nil {
+		s.clock.close()
+		s.clock = nil
+	}
 }
 
 // read takes a reading and returns the window since the previous one.
@@ -160,11 +173,12 @@ func (s *procsSampler) read() (procsSample, error) {
 	now := time.Now()
 	w := procsSample{cpu: cpu - s.cpu, elapsed: now.Sub(s.at), idle: -1}
 	s.cpu, s.at = cpu, now
-	if s.idle >= 0 {
+	if s.clock != nil {
 		// A failed reading ends idle accounting for good, rather than
 		// folding two windows into the next one.
-		idle, err := machineIdleTime()
+		idle, err := s.clock.read()
 		if err != nil {
+			s.close()
 			idle = -1
 		} else {
 			w.idle = idle - s.idle
@@ -192,6 +206,7 @@ func keepProcs(ctx context.Context, log *zap.Logger, backlog func() int) {
 		log.Warn("not adapting the number of processors", zap.Error(err))
 		return
 	}
+	defer sampler.close()
 	runtime.GOMAXPROCS(1)
 	defer runtime.SetDefaultGOMAXPROCS()
 	t := time.NewTicker(procsInterval)

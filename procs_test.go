@@ -126,6 +126,7 @@ func TestProcsSampler(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer s.close()
 	for start := time.Now(); time.Since(start) < 20*time.Millisecond; { // some CPU to account for
 	}
 	w, err := s.read()
