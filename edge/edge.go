@@ -43,6 +43,7 @@ type Edge struct {
 
 	listeners []*listener
 	poller    *poller // nil: no parking (platform or Config.NoParking)
+	runner    *runner // pump turns and backend dials
 	bufs      *bufferPools
 	queue     chan *pendingConn
 	http      *handoffListener
@@ -91,6 +92,7 @@ func New(cfg Config, log *zap.Logger, getCert func(*tls.ClientHelloInfo) (*tls.C
 		pending:   make(map[*pendingConn]struct{}),
 		httpConns: make(map[net.Conn]*listener),
 		stop:      make(chan struct{}),
+		runner:    newRunner(),
 		http:      newHandoffListener(),
 
 		limitsChanged: make(chan struct{}, 1),
@@ -145,7 +147,7 @@ func (e *Edge) Start() error {
 		}
 	}
 	if !e.cfg.NoParking {
-		p, err := newPoller()
+		p, err := newPoller(e.runner.do)
 		switch {
 		case err == nil:
 			e.poller = p
@@ -227,6 +229,7 @@ func (e *Edge) Shutdown() {
 		if e.poller != nil {
 			e.poller.close()
 		}
+		e.runner.close()
 		e.log.Info("edge stopped")
 	})
 }

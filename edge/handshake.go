@@ -228,7 +228,7 @@ func (e *Edge) handshake(pc *pendingConn) {
 		e.forgetRegistration(pc)
 		e.closeRouted(pc, conn)
 	default:
-		go e.connectBackend(pc, conn, route, &cs)
+		e.runner.do(func() { e.connectBackend(pc, conn, route, &cs) })
 	}
 }
 

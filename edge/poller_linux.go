@@ -27,6 +27,7 @@ type poller struct {
 	// system call keeps the runtime's sysmon waking every 20 µs to take its
 	// P back, which cost more CPU per connection than the wait itself.
 	epFile *os.File
+	run    func(func()) // runs a target: Edge's runner
 
 	mu    sync.Mutex
 	slots []pollSlot
@@ -49,7 +50,7 @@ const pollEvents = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT
 
 const wakeToken = ^uint64(0)
 
-func newPoller() (*poller, error) {
+func newPoller(run func(func())) (*poller, error) {
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, fmt.Errorf("create epoll set: %w", err)
@@ -72,7 +73,7 @@ func newPoller() (*poller, error) {
 		unix.Close(wakefd)
 		return nil, fmt.Errorf("make the epoll set nonblocking: %w", err)
 	}
-	p := &poller{epfd: epfd, wakefd: wakefd, epFile: os.NewFile(uintptr(epfd), "edge-epoll")}
+	p := &poller{epfd: epfd, wakefd: wakefd, epFile: os.NewFile(uintptr(epfd), "edge-epoll"), run: run}
 	rc, err := p.epFile.SyscallConn()
 	if err != nil {
 		p.epFile.Close()
@@ -83,7 +84,7 @@ func newPoller() (*poller, error) {
 	return p, nil
 }
 
-// add registers fd; target runs on a new goroutine once fd is readable (or
+// add registers fd; target runs (through run) once fd is readable (or
 // hung up). The registration is disarmed after that until rearm is called.
 func (p *poller) add(fd int, target func()) (pollToken, error) {
 	p.mu.Lock()
@@ -191,7 +192,7 @@ func (p *poller) loop(rc syscallConn) {
 				return
 			}
 			if target := p.lookup(tok); target != nil {
-				go target()
+				p.run(target)
 			}
 		}
 	}

@@ -90,7 +90,7 @@ func (s *session) start() {
 	s.backendTCP.parked = true
 	for _, p := range [...]*pump{&s.up, &s.down} {
 		if p.srcTLS != nil && (tlsHasBuffered(p.srcTLS) || p.srcTCP.holdsUnread()) {
-			go p.run()
+			s.e.runner.do(p.runFunc)
 		} else {
 			p.park()
 		}

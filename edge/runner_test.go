@@ -1,0 +1,44 @@
+package edge
+
+import (
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+func TestRunner(t *testing.T) {
+	r := newRunner()
+
+	// No task waits for another: 3x the idle bound of tasks that all block
+	// until every one of them has started.
+	const n = 3 * maxIdleRunners
+	var started atomic.Int32
+	release := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(n)
+	for range n {
+		r.do(func() {
+			defer wg.Done()
+			started.Add(1)
+			<-release
+		})
+	}
+	waitFor(t, 10*time.Second, "every blocked task started", func() bool { return started.Load() == n })
+	close(release)
+	wg.Wait()
+
+	// The goroutines that stay are bounded, and they take the next tasks.
+	waitFor(t, 10*time.Second, "the idle goroutines settled", func() bool { return r.idle.Load() == maxIdleRunners })
+	done := make(chan struct{})
+	r.do(func() { close(done) })
+	<-done
+	waitFor(t, 10*time.Second, "the goroutine back to waiting", func() bool { return r.idle.Load() == maxIdleRunners })
+
+	// close lets them go; later tasks still run.
+	r.close()
+	waitFor(t, 10*time.Second, "no idle goroutine after close", func() bool { return r.idle.Load() == 0 })
+	ran := make(chan struct{})
+	r.do(func() { close(ran) })
+	<-ran
+}
