@@ -152,11 +152,11 @@ func raiseFileLimit() (uint64, error) {
 	// without CAP_SYS_RESOURCE refuses, and the old hard limit stays.
 	want := syscall.Rlimit{Cur: 1 << 20, Max: 1 << 20}
 	if want.Max > lim.Max && syscall.Setrlimit(syscall.RLIMIT_NOFILE, &want) == nil {
-		return want.Cur, nil
+		return uint64(want.Cur), nil
 	}
 	lim.Cur = lim.Max
 	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
 		return 0, fmt.Errorf("raise RLIMIT_NOFILE to %d: %w", lim.Max, err)
 	}
-	return lim.Cur, nil
+	return uint64(lim.Cur), nil
 }
