@@ -5,7 +5,9 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"errors"
 	"io"
+	"net"
 	"net/netip"
 	"os/exec"
 	"strings"
@@ -126,11 +128,60 @@ func TestModesInProcess(t *testing.T) {
 		}
 	}
 
-	restarted := false
-	st, err := runStorm(ctx, tg, self, stormConfig{N: 20, Window: 50 * time.Millisecond, Tickets: true, Concurrency: 4,
-		Restart: func(context.Context) error { restarted = true; return nil }, Timeout: 10 * time.Second, Sample: 5 * time.Millisecond})
-	if err != nil || st.Served != 20 || st.Errors != 0 || st.Resumed != 20 || !restarted || st.PeakRSSKiB[0] == 0 {
-		t.Errorf("storm: %+v, %v (restart ran: %v)", st, err, restarted)
+	for _, prepare := range []bool{false, true} {
+		restarted := false
+		st, err := runStorm(ctx, tg, self, stormConfig{N: 20, Window: 50 * time.Millisecond, Tickets: true, Concurrency: 4, PrepareHellos: prepare,
+			Restart: func(context.Context) error { restarted = true; return nil }, Timeout: 10 * time.Second, Sample: 5 * time.Millisecond})
+		if err != nil || st.Served != 20 || st.Errors != 0 || st.Resumed != 20 || st.ECHAccepted != 20 || !restarted || st.PeakRSSKiB[0] == 0 {
+			t.Errorf("storm (hellos prepared: %v): %+v, %v (restart ran: %v)", prepare, st, err, restarted)
+		}
+	}
+}
+
+// A client on a helloFirstConn has written its whole ClientHello before
+// the connection is opened, and the handshake then completes over it, ECH
+// and a resumed session included.
+func TestHelloFirstConnSendsThePreparedHello(t *testing.T) {
+	tg := startTLSBackend(t)
+	cache := tls.NewLRUClientSessionCache(1)
+	for round, wantResumed := range []bool{false, true} {
+		opened := 0
+		var hc *helloFirstConn
+		hc = &helloFirstConn{open: func() (net.Conn, error) {
+			opened++
+			held := hc.held
+			// One complete record of type handshake (22) holding a
+			// ClientHello (1), RFC 8446 §5.1 and §4.
+			if len(held) < 6 || held[0] != 22 || int(held[3])<<8|int(held[4]) != len(held)-5 || held[5] != 1 {
+				t.Errorf("round %d: held before opening: % x…, want one ClientHello record", round, held[:min(len(held), 8)])
+			}
+			return tg.connectTCP(context.Background(), 0, time.Now().Add(10*time.Second))
+		}}
+		conn, info, err := tg.handshake(context.Background(), tls.Client(hc, tg.tlsConfig(cache)))
+		if err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
+		conn.Close()
+		if opened != 1 || !info.ECHAccepted || info.Resumed != wantResumed || !strings.HasPrefix(info.Greeting, "* OK") {
+			t.Errorf("round %d: opened %d times, %+v; want once, ECH accepted, resumed %v, a greeting", round, opened, info, wantResumed)
+		}
+	}
+}
+
+func TestHelloFirstConnClosedBeforeOpen(t *testing.T) {
+	hc := &helloFirstConn{open: func() (net.Conn, error) {
+		t.Error("opened after Close")
+		return nil, errors.New("unreachable")
+	}}
+	if _, err := hc.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	hc.Close()
+	if _, err := hc.Read(make([]byte, 1)); !errors.Is(err, errClosedBeforeOpen) {
+		t.Errorf("Read after Close: %v, want %v", err, errClosedBeforeOpen)
+	}
+	if _, err := hc.Write([]byte("more")); !errors.Is(err, errClosedBeforeOpen) {
+		t.Errorf("Write after Close: %v, want %v", err, errClosedBeforeOpen)
 	}
 }
 

@@ -56,6 +56,18 @@ const ipBindAddressNoPort = 24
 // dial opens connection i: TCP (from source i mod len(Sources)), the TLS
 // handshake and the greeting line, all before deadline.
 func (t *target) dial(ctx context.Context, i int, cache tls.ClientSessionCache, deadline time.Time) (*tls.Conn, connInfo, error) {
+	raw, err := t.connectTCP(ctx, i, deadline)
+	if err != nil {
+		return nil, connInfo{}, err
+	}
+	conn := tls.Client(raw, t.tlsConfig(cache))
+	conn.SetDeadline(deadline)
+	return t.handshake(ctx, conn)
+}
+
+// connectTCP opens the TCP connection of client i (from source i mod
+// len(Sources)), with deadline set on it.
+func (t *target) connectTCP(ctx context.Context, i int, deadline time.Time) (net.Conn, error) {
 	d := net.Dialer{Deadline: deadline}
 	if len(t.Sources) > 0 {
 		d.LocalAddr = &net.TCPAddr{IP: t.Sources[i%len(t.Sources)].AsSlice()}
@@ -69,10 +81,15 @@ func (t *target) dial(ctx context.Context, i int, cache tls.ClientSessionCache, 
 	}
 	raw, err := d.DialContext(ctx, "tcp", t.Addr)
 	if err != nil {
-		return nil, connInfo{}, fmt.Errorf("connect to %s: %w", t.Addr, err)
+		return nil, fmt.Errorf("connect to %s: %w", t.Addr, err)
 	}
-	conn := tls.Client(raw, t.tlsConfig(cache))
-	conn.SetDeadline(deadline)
+	raw.SetDeadline(deadline)
+	return raw, nil
+}
+
+// handshake completes conn's TLS handshake and reads the greeting line; on
+// failure conn is closed.
+func (t *target) handshake(ctx context.Context, conn *tls.Conn) (*tls.Conn, connInfo, error) {
 	if err := conn.HandshakeContext(ctx); err != nil {
 		conn.Close()
 		return nil, connInfo{}, fmt.Errorf("TLS handshake with %s: %w", t.Addr, err)

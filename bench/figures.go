@@ -20,7 +20,9 @@ type figureOptions struct {
 	StormN      int
 	StormWindow time.Duration
 	StormFresh  bool
-	Settle      time.Duration
+	// StormPrepareHellos: see stormConfig.PrepareHellos.
+	StormPrepareHellos bool
+	Settle             time.Duration
 }
 
 func addFigureFlags(fs *flag.FlagSet) *figureOptions {
@@ -34,6 +36,7 @@ func addFigureFlags(fs *flag.FlagSet) *figureOptions {
 	fs.IntVar(&o.StormN, "storm-n", 10000, "clients per storm (capped by the open-file limit)")
 	fs.DurationVar(&o.StormWindow, "storm-window", time.Second, "the storm's clients start within this time")
 	fs.BoolVar(&o.StormFresh, "storm-fresh", true, "also run the storm without tickets or restart (every handshake full)")
+	fs.BoolVar(&o.StormPrepareHellos, "storm-prepare-hellos", true, "the storm's clients build their ClientHellos before it starts, as on their own devices (false: at connect, on the shared cores)")
 	fs.DurationVar(&o.Settle, "settle", 30*time.Second, "longest wait for RSS to settle in the idle figures")
 	return o
 }
@@ -258,7 +261,7 @@ func stormRows(ctx context.Context, l *lab, o *figureOptions, log io.Writer, n i
 		if err := s.restart(ctx); err != nil {
 			return err
 		}
-		cfg := stormConfig{N: n, Window: o.StormWindow, Concurrency: o.Concurrency, Timeout: time.Minute, Sample: 20 * time.Millisecond}
+		cfg := stormConfig{N: n, Window: o.StormWindow, Concurrency: o.Concurrency, PrepareHellos: o.StormPrepareHellos, Timeout: time.Minute, Sample: 20 * time.Millisecond}
 		if afterRestart {
 			cfg.Tickets, cfg.Restart = true, s.restartFront
 		}

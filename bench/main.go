@@ -176,6 +176,7 @@ func cmdStorm(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.IntVar(&cfg.Concurrency, "c", 32, "connections at once while collecting tickets")
 	restartCmd := fs.String("restart-cmd", "", "shell command run after collecting tickets, e.g. \"systemctl restart chatmail-edge\"; the storm starts once -addr accepts connections again")
 	fs.DurationVar(&cfg.Sample, "sample", 20*time.Millisecond, "RSS sampling period for the peak")
+	fs.BoolVar(&cfg.PrepareHellos, "prepare-hellos", true, "build every client's ClientHello (key shares, ECH encryption, PSK binders) before the storm starts, as clients do on their own devices; false builds each at its connect, on this machine's cores")
 	return runMode(fs, ef, args, stdout, func(t *target, groups []procGroup) (printer, error) {
 		cfg.Timeout = ef.timeout
 		if *restartCmd != "" {

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"io"
+	"net"
 	"slices"
 	"sync"
 	"time"
@@ -21,8 +22,11 @@ type stormConfig struct {
 	// Restart, if set, runs between collecting tickets and the storm: the
 	// restart whose aftermath the storm is.
 	Restart func(context.Context) error
-	Timeout time.Duration // per client, from its start to its greeting
-	Sample  time.Duration // RSS sampling period
+	// PrepareHellos builds every client's ClientHello before the storm
+	// starts (helloFirstConn), as real clients do on their own devices.
+	PrepareHellos bool
+	Timeout       time.Duration // per client, from its start to its greeting
+	Sample        time.Duration // RSS sampling period
 }
 
 // stormResult holds what one run measured.
@@ -63,34 +67,70 @@ func runStorm(ctx context.Context, t *target, groups []procGroup, cfg stormConfi
 		res.BaseRSSKiB = append(res.BaseRSSKiB, u.RSSKiB)
 	}
 
-	sampler := startPeakSampler(groups, cfg.Sample)
 	conns := make([]*tls.Conn, cfg.N)
 	defer closeAll(conns)
 	latencies := make([]float64, cfg.N)
 	infos := make([]connInfo, cfg.N)
 	errs := make([]error, cfg.N)
 	served := make([]time.Duration, cfg.N)
-	start := time.Now().Add(50 * time.Millisecond) // all goroutines exist before the first client starts
-	var wg sync.WaitGroup
-	for i := range cfg.N {
+	// Every client waits for its turn, start plus its share of Window; with
+	// PrepareHellos its ClientHello is built before start is set.
+	var start time.Time
+	startc := make(chan struct{})
+	turn := func(i int) error {
+		select {
+		case <-startc:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 		at := start.Add(time.Duration(int64(cfg.Window) * int64(i) / int64(cfg.N)))
+		select {
+		case <-time.After(time.Until(at)):
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	var ready, wg sync.WaitGroup
+	ready.Add(cfg.N)
+	for i := range cfg.N {
 		wg.Go(func() {
-			select {
-			case <-time.After(time.Until(at)):
-			case <-ctx.Done():
-				errs[i] = ctx.Err()
-				return
-			}
+			var once sync.Once
+			isReady := func() { once.Do(ready.Done) }
+			defer isReady()
 			var cache tls.ClientSessionCache
 			if caches != nil {
 				cache = caches[i]
 			}
-			began := time.Now()
-			conns[i], infos[i], errs[i] = t.dial(ctx, i, cache, began.Add(cfg.Timeout))
-			served[i] = time.Since(start)
-			latencies[i] = float64(time.Since(began))
+			var began time.Time
+			if cfg.PrepareHellos {
+				hc := &helloFirstConn{open: func() (net.Conn, error) {
+					isReady()
+					if err := turn(i); err != nil {
+						return nil, err
+					}
+					began = time.Now()
+					return t.connectTCP(ctx, i, began.Add(cfg.Timeout))
+				}}
+				conns[i], infos[i], errs[i] = t.handshake(ctx, tls.Client(hc, t.tlsConfig(cache)))
+			} else {
+				isReady()
+				if errs[i] = turn(i); errs[i] != nil {
+					return
+				}
+				began = time.Now()
+				conns[i], infos[i], errs[i] = t.dial(ctx, i, cache, began.Add(cfg.Timeout))
+			}
+			if errs[i] == nil {
+				served[i] = time.Since(start)
+				latencies[i] = float64(time.Since(began))
+			}
 		})
 	}
+	ready.Wait()
+	sampler := startPeakSampler(groups, cfg.Sample)
+	start = time.Now().Add(50 * time.Millisecond) // every client waits for its turn before the first starts
+	close(startc)
 	wg.Wait()
 	peaks := sampler.stop()
 	if ctx.Err() != nil {
