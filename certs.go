@@ -52,7 +52,7 @@ var certOptions = []option{
 	{"tls", "self_key", acme.SelfSignedKeyFile, "Key of self_cert.",
 		str(func(s *settings) *string { return &s.Certs.SelfKey })},
 	{"tls", "check_interval", "30s", "How often cert and key are read again; a changed pair is served without a restart (a pair that does not load yet is retried).",
-		duration(func(s *settings) *time.Duration { return &s.Certs.CheckInterval })},
+		durationIn(10*time.Millisecond, 24*time.Hour, func(s *settings) *time.Duration { return &s.Certs.CheckInterval })},
 	{"acme", "ca", acme.LetsEncrypt, "ACME directory URL (RFC 8555 §7.1.1). Every attempt, retries included, goes to it. `serve --acme-ca` overrides it.",
 		str(func(s *settings) *string { return &s.Certs.CA })},
 	{"acme", "ca_root", "", "PEM file with the root certificate(s) the CA's HTTPS server chains to, for a private CA; empty means the system's roots. `serve --acme-ca-root` overrides it.",
@@ -228,6 +228,11 @@ type servingEdge struct {
 // and the certificates (tests start their ACME server there, on the ports
 // the edge got).
 func startServe(ctx context.Context, s *settings, log *zap.Logger, onListening func(*instance) error) (*servingEdge, error) {
+	if note, err := s.fitOpenFileLimit(openFileLimit()); err != nil {
+		return nil, err
+	} else if note != "" {
+		log.Warn(note)
+	}
 	c, err := newCerts(s, log)
 	if err != nil {
 		return nil, err

@@ -138,13 +138,9 @@ func (s *settings) instanceConfig() (instanceConfig, error) {
 		PublicName: s.ECHPublicName,
 		StateDir:   s.StateDir,
 		Edge: edge.Config{
-			Listeners:        listeners,
-			HandshakeTimeout: s.HandshakeTimeout,
-			IdleTimeout:      s.IdleTimeout,
-			BackendTimeout:   s.BackendTimeout,
-			MaxConnections:   s.MaxConnections,
-			MaxHandshakes:    s.MaxHandshakes,
-			Hostname:         s.MailDomain,
+			Listeners: listeners,
+			Limits:    s.edgeLimits(),
+			Hostname:  s.MailDomain,
 		},
 		HTTPAddr:  httpAddr,
 		HTTPSPort: s.httpsPort(),
@@ -164,6 +160,24 @@ func (s *settings) instanceConfig() (instanceConfig, error) {
 		AdminAddr:    s.AdminAddress,
 		MetadataFile: s.ECHMetadataFile,
 	}, nil
+}
+
+// edgeLimits are the edge's limits and timeouts from the settings.
+func (s *settings) edgeLimits() edge.Limits {
+	return edge.Limits{
+		HelloTimeout:     s.HelloTimeout,
+		HandshakeTimeout: s.HandshakeTimeout,
+		IdleTimeout:      s.IdleTimeout,
+		BackendTimeout:   s.BackendTimeout,
+		MaxConnections:   s.MaxConnections,
+		MaxHandshakes:    s.MaxHandshakes,
+		Sources: edge.SourceLimits{
+			MaxConnections: s.MaxConnectionsPerAddress,
+			MaxHandshakes:  s.MaxHandshakesPerAddress,
+			NewPerSecond:   s.NewConnectionsPerAddress,
+			Exempt:         s.ExemptNetworks,
+		},
+	}
 }
 
 func (b backendSettings) config(p mail.Protocol, s *settings, dial func(context.Context, string, string) (net.Conn, error)) mail.BackendConfig {

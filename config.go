@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io/fs"
 	"net"
+	"net/netip"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -32,12 +33,23 @@ type settings struct {
 	IMAPS            string
 	SMTPS            string
 	HTTP             string
+	HelloTimeout     time.Duration
 	HandshakeTimeout time.Duration
 	IdleTimeout      time.Duration
 	BackendTimeout   time.Duration
 	MaxConnections   int
 	MaxHandshakes    int
 	LogLevel         string
+
+	// Per-source limits, in [edge] too.
+	MaxConnectionsPerAddress int
+	MaxHandshakesPerAddress  int
+	NewConnectionsPerAddress int
+	ExemptNetworks           []netip.Prefix
+
+	// setAt says where in the edge's file a key was set ("path:line"), for
+	// errors that involve more than one key.
+	setAt map[string]string
 
 	// [ech]
 	ECHPublicName   string
@@ -80,24 +92,48 @@ func str(p func(*settings) *string) func(*settings, string) error {
 	return func(s *settings, v string) error { *p(s) = v; return nil }
 }
 
-func duration(p func(*settings) *time.Duration) func(*settings, string) error {
+// durationIn sets a duration from lo to hi. Every number in the file has
+// bounds: a value far out of them is a typo, and would otherwise take the
+// edge's memory (a huge limit) or its protection (a huge timeout).
+func durationIn(lo, hi time.Duration, p func(*settings) *time.Duration) func(*settings, string) error {
 	return func(s *settings, v string) error {
 		d, err := time.ParseDuration(v)
-		if err != nil || d <= 0 {
-			return fmt.Errorf("want a positive duration like 30s, 10m or 720h, got %q", v)
+		if err != nil || d < lo || d > hi {
+			return fmt.Errorf("want a duration from %v to %v (like 30s, 10m or 720h), got %q", lo, hi, v)
 		}
 		*p(s) = d
 		return nil
 	}
 }
 
-func positive(p func(*settings) *int) func(*settings, string) error {
+// intIn sets a whole number from lo to hi.
+func intIn(lo, hi int, p func(*settings) *int) func(*settings, string) error {
 	return func(s *settings, v string) error {
 		n, err := strconv.Atoi(v)
-		if err != nil || n <= 0 {
-			return fmt.Errorf("want a positive whole number, got %q", v)
+		if err != nil || n < lo || n > hi {
+			return fmt.Errorf("want a whole number from %d to %d, got %q", lo, hi, v)
 		}
 		*p(s) = n
+		return nil
+	}
+}
+
+// networks sets a list of CIDR prefixes (or single addresses).
+func networks(p func(*settings) *[]netip.Prefix) func(*settings, string) error {
+	return func(s *settings, v string) error {
+		list := []netip.Prefix{} // empty, not nil: no networks
+		for _, f := range strings.Fields(v) {
+			pfx, err := netip.ParsePrefix(f)
+			if err != nil {
+				a, aerr := netip.ParseAddr(f)
+				if aerr != nil {
+					return fmt.Errorf("want addresses or networks like 127.0.0.0/8 or 2001:db8::/48, got %q", f)
+				}
+				pfx = netip.PrefixFrom(a, a.BitLen())
+			}
+			list = append(list, pfx.Masked())
+		}
+		*p(s) = list
 		return nil
 	}
 }
@@ -142,16 +178,26 @@ var coreOptions = []option{
 		address(func(s *settings) *string { return &s.SMTPS })},
 	{"edge", "http", ":80", "Listen address of plain HTTP: ACME HTTP-01 answers, everything else redirects to HTTPS. Empty disables it.",
 		address(func(s *settings) *string { return &s.HTTP })},
-	{"edge", "handshake_timeout", "15s", "Longest time from accepting a connection to the end of its TLS handshake.",
-		duration(func(s *settings) *time.Duration { return &s.HandshakeTimeout })},
+	{"edge", "hello_timeout", "5s", "Longest time from accepting a connection until its whole TLS ClientHello has arrived. Until then it waits without a handshake slot; what cannot be TLS is refused from its first bytes (plaintext HTTP on the https port gets a 400).",
+		durationIn(100*time.Millisecond, time.Minute, func(s *settings) *time.Duration { return &s.HelloTimeout })},
+	{"edge", "handshake_timeout", "15s", "Longest time from accepting a connection to the end of its TLS handshake, waiting for a slot included.",
+		durationIn(time.Second, 5*time.Minute, func(s *settings) *time.Duration { return &s.HandshakeTimeout })},
 	{"edge", "idle_timeout", "30m", "A proxied IMAP/SMTP connection with no data either way for this long is closed. Dovecot's IDLE keepalive comes every 2m.",
-		duration(func(s *settings) *time.Duration { return &s.IdleTimeout })},
+		durationIn(10*time.Second, 24*time.Hour, func(s *settings) *time.Duration { return &s.IdleTimeout })},
 	{"edge", "backend_timeout", "5s", "Longest time to reach Dovecot or Postfix; after it the client gets IMAP BYE or SMTP 421.",
-		duration(func(s *settings) *time.Duration { return &s.BackendTimeout })},
-	{"edge", "max_connections", "20000", "Connections in all stages together; more are refused. chatmail allows 10000 IMAP and 1000 SMTP connections.",
-		positive(func(s *settings) *int { return &s.MaxConnections })},
-	{"edge", "max_handshakes", "256", "TLS handshakes running at once; more wait in line, so a reconnect storm queues instead of thrashing.",
-		positive(func(s *settings) *int { return &s.MaxHandshakes })},
+		durationIn(100*time.Millisecond, time.Minute, func(s *settings) *time.Duration { return &s.BackendTimeout })},
+	{"edge", "max_connections", "20000", "Connections in all stages together; more are refused. chatmail allows 10000 IMAP and 1000 SMTP connections. Each takes two open files (client and backend): the start fails if the open-file limit (LimitNOFILE) is too low for it.",
+		intIn(1, 1_000_000, func(s *settings) *int { return &s.MaxConnections })},
+	{"edge", "max_handshakes", "256", "TLS handshakes computing at once; more wait in line, so a reconnect storm queues instead of thrashing. A handshake waiting for its client holds no slot.",
+		intIn(1, 4096, func(s *settings) *int { return &s.MaxHandshakes })},
+	{"edge", "max_connections_per_address", "1000", "Connections one client address (IPv4, or IPv6 /64) may hold in all stages; more are refused with a reset, counted and logged (sampled). Room for a large NAT, far below Dovecot's limits.",
+		intIn(1, 1_000_000, func(s *settings) *int { return &s.MaxConnectionsPerAddress })},
+	{"edge", "max_handshakes_per_address", "100", "Connections one address may have before their TLS handshake is done (sending their hello, in line, in the handshake); more are refused. Handshakes take turns between addresses, so one address cannot push others out of line.",
+		intIn(1, 100_000, func(s *settings) *int { return &s.MaxHandshakesPerAddress })},
+	{"edge", "new_connections_per_address", "20", "New connections per second one address may open, with a burst of five seconds' worth; more are refused.",
+		intIn(1, 100_000, func(s *settings) *int { return &s.NewConnectionsPerAddress })},
+	{"edge", "exempt_networks", "127.0.0.0/8 ::1", "Client networks the per-address limits do not apply to (space-separated CIDR prefixes). Empty exempts nothing.",
+		networks(func(s *settings) *[]netip.Prefix { return &s.ExemptNetworks })},
 	{"edge", "log_level", "info", "debug, info, warn or error.",
 		func(s *settings, v string) error {
 			if _, err := newLogger(nil, v); err != nil {
@@ -163,7 +209,7 @@ var coreOptions = []option{
 	{"ech", "public_name", "", "The ECH public_name (outer SNI) of new keys; empty means the mail domain. It needs a certificate, which the edge gets for it.",
 		str(func(s *settings) *string { return &s.ECHPublicName })},
 	{"ech", "retire_grace", "720h", "`chatmail-edge ech retire` drops keys superseded longer ago than this. Clients holding an older config get retry configs while its key exists.",
-		duration(func(s *settings) *time.Duration { return &s.ECHRetireGrace })},
+		durationIn(time.Hour, 10*365*24*time.Hour, func(s *settings) *time.Duration { return &s.ECHRetireGrace })},
 	{"ech", "metadata_file", "/run/chatmail-edge/ech-config-list", "The published ECHConfigList, base64 on one line, rewritten atomically when the keys change: for chatmail's IMAP METADATA service (docs/AUTOCONFIG.md). Empty disables it.",
 		str(func(s *settings) *string { return &s.ECHMetadataFile })},
 	{"imap", "backend", "tls", "tls: re-encrypt to Dovecot's implicit-TLS port (no Dovecot change). proxy: plaintext with a PROXY v2 header to a haproxy=yes listener (see docs/PROXY.md).",
@@ -210,7 +256,47 @@ func settingsFrom(f *ini.File, root string) (*settings, error) {
 	if err := s.readChatmailINI(filepath.Join(root, s.ChatmailINI)); err != nil {
 		return nil, fmt.Errorf("%w: %v", errConfig, err)
 	}
+	if s.HelloTimeout > s.HandshakeTimeout {
+		return nil, fmt.Errorf("%w: %s: hello_timeout %v is longer than handshake_timeout %v (%s)", errConfig,
+			s.where("edge.hello_timeout"), s.HelloTimeout, s.HandshakeTimeout, s.where("edge.handshake_timeout"))
+	}
 	return s, nil
+}
+
+// where is the place in the edge's file where key ("section.key") was
+// set, or "default" when it was not.
+func (s *settings) where(key string) string {
+	if at, ok := s.setAt[key]; ok {
+		return at
+	}
+	return "default"
+}
+
+// fdReserve are the open files the edge needs besides its connections:
+// listeners, the poller, log and state files, the web side's upstreams.
+const fdReserve = 256
+
+// fitOpenFileLimit makes max_connections fit the open-file limit: every
+// proxied connection takes two descriptors (client and backend), and past
+// the limit accept fails for everyone. A value set in the file that does
+// not fit fails the start; the default is lowered to fit, and the returned
+// note says so.
+func (s *settings) fitOpenFileLimit(limit uint64) (note string, err error) {
+	need := 2*uint64(s.MaxConnections) + fdReserve
+	if need <= limit {
+		return "", nil
+	}
+	if where, set := s.setAt["edge.max_connections"]; set {
+		return "", fmt.Errorf("%w: %s: max_connections = %d needs %d open files (two per connection and %d more), but the open-file limit is %d: raise LimitNOFILE in the unit, or lower max_connections",
+			errConfig, where, s.MaxConnections, need, fdReserve, limit)
+	}
+	if limit < 2+fdReserve {
+		return "", fmt.Errorf("%w: the open-file limit %d leaves no room for connections: raise LimitNOFILE in the unit", errConfig, limit)
+	}
+	fit := int((limit - fdReserve) / 2)
+	note = fmt.Sprintf("the open-file limit %d holds %d connections, not the default max_connections %d: using %d (raise LimitNOFILE or set max_connections)", limit, fit, s.MaxConnections, fit)
+	s.MaxConnections = fit
+	return note, nil
 }
 
 func applyFile(s *settings, f *ini.File) error {
@@ -233,10 +319,18 @@ func applyFile(s *settings, f *ini.File) error {
 			if err := opt.set(s, v.Value); err != nil {
 				return f.Errorf(v, "%s: %v", v.Key, err)
 			}
+			if s.setAt == nil {
+				s.setAt = map[string]string{}
+			}
+			s.setAt[sec.Name+"."+v.Key] = fmt.Sprintf("%s:%d", f.Path, v.Line)
 		}
 	}
 	return nil
 }
+
+// maxMessageSizeLimit bounds chatmail.ini's max_message_size for the edge
+// (bodies of /mxdeliv): 4 GiB, far above any mail server's limit.
+const maxMessageSizeLimit = 4 << 30
 
 // readChatmailINI takes what the edge needs from the relay's chatmail.ini.
 func (s *settings) readChatmailINI(path string) error {
@@ -253,8 +347,8 @@ func (s *settings) readChatmailINI(path string) error {
 	s.MaxMessageSize = 31457280 // chatmaild's default
 	if v := get("max_message_size"); v != nil {
 		n, err := strconv.ParseInt(v.Value, 10, 64)
-		if err != nil || n <= 0 {
-			return f.Errorf(v, "max_message_size: want a positive number, got %q", v.Value)
+		if err != nil || n <= 0 || n > maxMessageSizeLimit {
+			return f.Errorf(v, "max_message_size: want a number of bytes from 1 to %d, got %q", maxMessageSizeLimit, v.Value)
 		}
 		s.MaxMessageSize = n
 	}

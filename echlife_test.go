@@ -77,7 +77,7 @@ func TestConfigErrorsNameFileAndLine(t *testing.T) {
 	chatmailINI := filepath.Join(dir, "chatmail.ini")
 	os.WriteFile(chatmailINI, []byte("[params]\nmail_domain = chat.example\n"), 0o644)
 	cases := map[string]string{
-		"[edge]\nchatmail_ini = " + chatmailINI + "\nidle_timeout = soon\n": ":3: idle_timeout: want a positive duration",
+		"[edge]\nchatmail_ini = " + chatmailINI + "\nidle_timeout = soon\n": ":3: idle_timeout: want a duration from 10s to 24h0m0s",
 		"[edge]\nchatmail_ini = " + chatmailINI + "\nnonsense = 1\n":        `:3: unknown key "nonsense" in [edge]`,
 		"[imap]\nbackend = carrier-pigeon\n":                                ":2: backend: want tls or proxy",
 		"[edge]\nhttps = 443\n":                                             ":2: https: want host:port",

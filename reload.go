@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"reflect"
 
-	"chatmail-edge/edge"
-
 	"go.uber.org/zap"
 )
 
@@ -69,12 +67,8 @@ func (e *servingEdge) reload(load func() (*settings, error)) (restart []string, 
 	}
 
 	// Apply; nothing below fails.
-	l := cfg.Edge
-	if err := e.edge.SetLimits(edge.Limits{
-		HandshakeTimeout: l.HandshakeTimeout, IdleTimeout: l.IdleTimeout, BackendTimeout: l.BackendTimeout,
-		MaxConnections: l.MaxConnections, MaxHandshakes: l.MaxHandshakes,
-	}); err != nil {
-		e.log.Error("cannot change the edge's limits", zap.Error(err)) // parsing allows positive values only
+	if err := e.edge.SetLimits(cfg.Edge.Limits); err != nil {
+		e.log.Error("cannot change the edge's limits", zap.Error(err)) // parsing checked every bound
 	}
 	e.edge.SetBackends(backends)
 	e.useWeb(ws)

@@ -97,7 +97,7 @@ https = 127.0.0.1:0
 imaps = 127.0.0.1:0
 http =
 max_handshakes = 256
-max_connections = 20000
+max_connections = 2000
 idle_timeout = 30m
 [ech]
 metadata_file =

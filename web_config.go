@@ -56,7 +56,7 @@ var webOptions = []option{
 	{"web", "iroh_relay_upstream", "http://127.0.0.1:3340", "iroh-relay, the fixed target of /relay (WebSocket and other Upgrades pass through), /ping and /generate_204. Empty disables them.",
 		upstreamURL(func(s *settings) *string { return &s.IrohRelayUpstream })},
 	{"web", "upstream_timeout", "60s", "Longest wait for an upstream's response headers; connecting is bounded by backend_timeout. Then the client gets 502.",
-		duration(func(s *settings) *time.Duration { return &s.UpstreamTimeout })},
+		durationIn(time.Second, 10*time.Minute, func(s *settings) *time.Duration { return &s.UpstreamTimeout })},
 	{"mta-sts", "mode", "enforce", "Mode of the MTA-STS policy served at https://mta-sts.<mail_domain>/.well-known/mta-sts.txt: enforce, testing or none (RFC 8461 §5). `chatmail-edge dns` prints the matching _mta-sts record.",
 		func(s *settings, v string) error {
 			if err := web.ValidMTASTSMode(v); err != nil {
@@ -77,7 +77,7 @@ var webOptions = []option{
 	{"admin", "address", "127.0.0.1:8081", "Loopback listener of the detailed status page (/) and Prometheus metrics (/metrics). Only loopback addresses are accepted. Empty disables it.",
 		loopbackAddress(func(s *settings) *string { return &s.AdminAddress })},
 	{"admin", "probe_interval", "30s", "How often Dovecot, Postfix (greeting plus CAPABILITY / EHLO), filtermail and iroh-relay are checked for the status page.",
-		duration(func(s *settings) *time.Duration { return &s.ProbeInterval })},
+		durationIn(time.Second, time.Hour, func(s *settings) *time.Duration { return &s.ProbeInterval })},
 }
 
 // webConfig is the web server's part of the settings.

@@ -153,7 +153,10 @@ func (in *instance) echKeyInfo() web.ECHKeyInfo {
 // edgeStats hands the edge's counters to web, which does not import edge.
 // The conversion compiles only while both structs have the same fields.
 func edgeStats(s edge.Snapshot) web.EdgeStats {
-	out := web.EdgeStats{ActiveSessions: s.ActiveSessions, Pending: s.Pending}
+	out := web.EdgeStats{
+		ActiveSessions: s.ActiveSessions, Pending: s.Pending,
+		WaitingForHello: s.WaitingForHello, HandshakeQueue: s.HandshakeQueue, SourceRefusals: s.SourceRefusals,
+	}
 	for _, l := range s.Listeners {
 		out.Listeners = append(out.Listeners, web.ListenerStats(l))
 	}

@@ -15,6 +15,12 @@ import (
 // malformedECHHello is a TLS 1.3 ClientHello whose encrypted_client_hello
 // extension is an outer ECH (RFC 9849 §5) cut short after its type byte.
 func malformedECHHello() []byte {
+	return helloWithECHExt(func(b *cryptobyte.Builder) { b.AddUint8(0) }) // outer, then nothing
+}
+
+// helloWithECHExt is a TLS 1.3 ClientHello record whose last extension is
+// an encrypted_client_hello with the body ech writes.
+func helloWithECHExt(ech func(*cryptobyte.Builder)) []byte {
 	var hello cryptobyte.Builder
 	hello.AddUint16(tls.VersionTLS12) // legacy_version
 	random := make([]byte, 32)
@@ -43,7 +49,7 @@ func malformedECHHello() []byte {
 				b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(random) })
 			})
 		})
-		ext(extensionECH, func(b *cryptobyte.Builder) { b.AddUint8(0) }) // outer, then nothing
+		ext(extensionECH, ech)
 	})
 	body := hello.BytesOrPanic()
 
@@ -58,11 +64,11 @@ func malformedECHHello() []byte {
 }
 
 // TestBadClientsAreDroppedAndCounted sends each kind of bad client, checks
-// it is closed within the handshake timeout and counted, and that a good
+// it is closed within the hello timeout and counted, and that a good
 // client is served right after.
 func TestBadClientsAreDroppedAndCounted(t *testing.T) {
-	const hsTimeout = 300 * time.Millisecond
-	te, _, _ := startEdgeWithBackends(t, func(c *Config) { c.HandshakeTimeout = hsTimeout })
+	const hsTimeout = 300 * time.Millisecond // the hello timeout; good clients get 10s
+	te, _, _ := startEdgeWithBackends(t, func(c *Config) { c.HelloTimeout = hsTimeout; c.HandshakeTimeout = 10 * time.Second })
 	raw := func(t *testing.T, payload []byte) net.Conn {
 		c, err := net.Dial("tcp", te.addr("imaps"))
 		if err != nil {
@@ -81,7 +87,7 @@ func TestBadClientsAreDroppedAndCounted(t *testing.T) {
 	}{
 		{"garbage", func(t *testing.T) {
 			expectClosed(t, raw(t, []byte("GET / HTTP/1.0\r\n\r\n")), hsTimeout+5*time.Second)
-		}, "handshake"},
+		}, "not-tls"},
 		{"tls12-only", func(t *testing.T) {
 			_, err := tls.Dial("tcp", te.addr("imaps"), &tls.Config{RootCAs: te.roots, ServerName: "chat.example", MaxVersion: tls.VersionTLS12})
 			if err == nil || !strings.Contains(err.Error(), "protocol version") {
@@ -155,22 +161,31 @@ func TestConnectionLimit(t *testing.T) {
 	c.Close()
 }
 
-// TestHandshakeBacklog counts a client that has started its hello and not
-// finished it, and stops counting it once it is gone.
+// TestHandshakeBacklog counts a client whose hello is whole and whose
+// handshake has not finished, and stops counting it once it is gone; a
+// client still sending its hello is not in the backlog but waits for it.
 func TestHandshakeBacklog(t *testing.T) {
 	te := startEdge(t, nil, Backends{})
 	if n := te.HandshakeBacklog(); n != 0 {
 		t.Fatalf("backlog %d before any client", n)
 	}
-	c, err := net.Dial("tcp", te.addr("https"))
+	half, err := net.Dial("tcp", te.addr("https"))
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer half.Close()
 	hello := malformedECHHello()
-	if _, err := c.Write(hello[:len(hello)/2]); err != nil { // the rest never comes
+	if _, err := half.Write(hello[:len(hello)/2]); err != nil { // the rest never comes
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, "the half hello in the backlog", func() bool { return te.HandshakeBacklog() == 1 })
-	c.Close()
+	waitFor(t, 5*time.Second, "the half hello waiting", func() bool { return te.Snapshot().WaitingForHello == 1 })
+
+	// A whole hello whose client never sends its Finished.
+	stalled := sendRawHello(t, te.addr("https"), clientHelloBytes(t, &tls.Config{ServerName: "chat.example"}))
+	waitFor(t, 5*time.Second, "the stalled handshake in the backlog", func() bool { return te.HandshakeBacklog() == 1 })
+	if n := te.Snapshot().WaitingForHello; n != 1 {
+		t.Fatalf("%d waiting for their hello, want 1", n)
+	}
+	stalled.Close()
 	waitFor(t, 5*time.Second, "an empty backlog", func() bool { return te.HandshakeBacklog() == 0 })
 }

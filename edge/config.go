@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"net/netip"
 	"time"
 )
 
@@ -31,24 +32,10 @@ type ListenerConfig struct {
 type Config struct {
 	Listeners []ListenerConfig
 
-	// HandshakeTimeout bounds the time from accept to the end of the TLS
-	// handshake, queueing included. Default 15s.
-	HandshakeTimeout time.Duration
-	// IdleTimeout closes a proxied connection after no data moved either way
-	// for this long, and bounds a blocked write. Default 30m: Dovecot sends
-	// an IDLE keepalive every 2 minutes, nginx's stream default is 10m.
-	IdleTimeout time.Duration
-	// LingerTimeout closes a connection this long after one side ended its
-	// stream while the other did not. Default 30s.
-	LingerTimeout time.Duration
-	// BackendTimeout bounds dialing a backend (and its TLS handshake in tls
-	// mode); the client then gets a refusal (IMAP BYE, SMTP 421). Default 5s.
-	BackendTimeout time.Duration
-	// MaxConnections bounds all connections together, in any stage. Default 20000.
-	MaxConnections int
-	// MaxHandshakes bounds concurrent TLS handshakes. Connections beyond it
-	// queue (in arrival order) instead of all competing for CPU. Default 256.
-	MaxHandshakes int
+	// Limits are the timeouts and limits; a running edge can change them
+	// (SetLimits).
+	Limits
+
 	// MinTLSVersion defaults to TLS 1.3: ECH needs it (RFC 9849 §4), and
 	// chatmail's Dovecot and Postfix require it on 993 and 465 anyway.
 	MinTLSVersion uint16
@@ -62,22 +49,122 @@ type Config struct {
 	NoParking bool
 }
 
-func (c *Config) setDefaults() {
-	def := func(d *time.Duration, v time.Duration) {
-		if *d <= 0 {
-			*d = v
+// Limits are the timeouts and limits of an edge. New connections get the
+// values in force when they arrive; the sweeper applies the idle and linger
+// timeouts to every session from its next round, counted from the session's
+// last activity, as a restart would. Zero values take the defaults.
+type Limits struct {
+	// HelloTimeout bounds the time from accept until the client's whole
+	// ClientHello has arrived. Until then a connection waits in the poller
+	// and holds no handshake slot. Default 5s.
+	HelloTimeout time.Duration
+	// HandshakeTimeout bounds the time from accept to the end of the TLS
+	// handshake, waiting for a slot included. Default 15s.
+	HandshakeTimeout time.Duration
+	// IdleTimeout closes a proxied connection after no data moved either way
+	// for this long, and bounds a blocked write. Default 30m: Dovecot sends
+	// an IDLE keepalive every 2 minutes, nginx's stream default is 10m.
+	IdleTimeout time.Duration
+	// LingerTimeout closes a connection this long after one side ended its
+	// stream while the other did not. Default 30s.
+	LingerTimeout time.Duration
+	// BackendTimeout bounds dialing a backend (and its TLS handshake in tls
+	// mode); the client then gets a refusal (IMAP BYE, SMTP 421). Default 5s.
+	BackendTimeout time.Duration
+	// MaxConnections bounds all connections together, in any stage. Default 20000.
+	MaxConnections int
+	// MaxHandshakes bounds the handshakes computing at once. A handshake
+	// gives its slot back while it waits for the client, so a slow client
+	// never holds one; beyond the limit, handshakes queue, fairly between
+	// sources (see Sources). Default 256.
+	MaxHandshakes int
+
+	// Sources are the limits per client address.
+	Sources SourceLimits
+}
+
+// SourceLimits bound what one source can take. A source is one IPv4 address
+// or one IPv6 /64 (the smallest block an end site gets, RFC 6177), so that a
+// host cannot multiply itself by picking addresses from its own prefix.
+type SourceLimits struct {
+	// MaxConnections is the number of connections one source may hold, in
+	// any stage. Default 1000: about a tenth of the IMAP connections
+	// chatmail lets Dovecot serve, and room for a large NAT.
+	MaxConnections int
+	// MaxHandshakes is the number of connections one source may have before
+	// their handshakes are done (waiting for the ClientHello, in line for a
+	// slot, or in the handshake). Default 100.
+	MaxHandshakes int
+	// NewPerSecond is the rate of new connections one source may open, with
+	// a burst of five seconds' worth. Default 20.
+	NewPerSecond int
+	// Exempt are networks to which none of these limits apply (the edge's
+	// own host, monitoring). nil means the default, loopback; an empty
+	// non-nil slice exempts nothing.
+	Exempt []netip.Prefix
+}
+
+// DefaultLimits are the limits a zero Limits stands for.
+func DefaultLimits() Limits {
+	return Limits{
+		HelloTimeout:     5 * time.Second,
+		HandshakeTimeout: 15 * time.Second,
+		IdleTimeout:      30 * time.Minute,
+		LingerTimeout:    30 * time.Second,
+		BackendTimeout:   5 * time.Second,
+		MaxConnections:   20000,
+		MaxHandshakes:    256,
+		Sources: SourceLimits{
+			MaxConnections: 1000,
+			MaxHandshakes:  100,
+			NewPerSecond:   20,
+			Exempt:         []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")},
+		},
+	}
+}
+
+// withDefaults fills the zero fields of l from def.
+func (l Limits) withDefaults(def Limits) Limits {
+	d := func(v *time.Duration, dv time.Duration) {
+		if *v <= 0 {
+			*v = dv
 		}
 	}
-	def(&c.HandshakeTimeout, 15*time.Second)
-	def(&c.IdleTimeout, 30*time.Minute)
-	def(&c.LingerTimeout, 30*time.Second)
-	def(&c.BackendTimeout, 5*time.Second)
-	if c.MaxConnections <= 0 {
-		c.MaxConnections = 20000
+	n := func(v *int, dv int) {
+		if *v <= 0 {
+			*v = dv
+		}
 	}
-	if c.MaxHandshakes <= 0 {
-		c.MaxHandshakes = 256
+	d(&l.HandshakeTimeout, def.HandshakeTimeout)
+	d(&l.HelloTimeout, min(def.HelloTimeout, l.HandshakeTimeout)) // a default never exceeds an explicit handshake timeout
+	d(&l.IdleTimeout, def.IdleTimeout)
+	d(&l.LingerTimeout, def.LingerTimeout)
+	d(&l.BackendTimeout, def.BackendTimeout)
+	n(&l.MaxConnections, def.MaxConnections)
+	n(&l.MaxHandshakes, def.MaxHandshakes)
+	n(&l.Sources.MaxConnections, def.Sources.MaxConnections)
+	n(&l.Sources.MaxHandshakes, def.Sources.MaxHandshakes)
+	n(&l.Sources.NewPerSecond, def.Sources.NewPerSecond)
+	if l.Sources.Exempt == nil {
+		l.Sources.Exempt = def.Sources.Exempt
 	}
+	return l
+}
+
+func (l Limits) validate() error {
+	if l.HelloTimeout > l.HandshakeTimeout {
+		return fmt.Errorf("hello timeout %v is longer than the handshake timeout %v", l.HelloTimeout, l.HandshakeTimeout)
+	}
+	for _, p := range l.Sources.Exempt {
+		if !p.IsValid() {
+			return errors.New("invalid exempt network")
+		}
+	}
+	return nil
+}
+
+func (c *Config) setDefaults() {
+	c.Limits = c.Limits.withDefaults(DefaultLimits())
 	if c.MinTLSVersion == 0 {
 		c.MinTLSVersion = tls.VersionTLS13
 	}
@@ -103,5 +190,5 @@ func (c *Config) validate() error {
 	if c.MinTLSVersion < tls.VersionTLS12 {
 		return errors.New("minimum TLS version below 1.2 is not supported")
 	}
-	return nil
+	return c.Limits.validate()
 }

@@ -26,15 +26,14 @@ import (
 // only one that decides anything.
 
 const (
-	recordHeaderLen        = 5
-	recordTypeCCS          = 20
-	recordTypeHandshake    = 22
-	handshakeClientHello   = 1
-	extSupportedVersions   = 43     // RFC 8446 §4.2.1
-	extECHOuterExtensions  = 0xfd00 // RFC 9849 §5.1
-	echClientHelloOuter    = 0      // ECHClientHelloType, RFC 9849 §5
-	echClientHelloInner    = 1
-	frontInitialBufferSize = 2048 // a ClientHello, even with a post-quantum key share
+	recordHeaderLen       = 5
+	recordTypeCCS         = 20
+	recordTypeHandshake   = 22
+	handshakeClientHello  = 1
+	extSupportedVersions  = 43     // RFC 8446 §4.2.1
+	extECHOuterExtensions = 0xfd00 // RFC 9849 §5.1
+	echClientHelloOuter   = 0      // ECHClientHelloType, RFC 9849 §5
+	echClientHelloInner   = 1
 )
 
 // echFrontKey is one ECH key, parsed once.
@@ -43,6 +42,7 @@ type echFrontKey struct {
 	suites   []ECHCipherSuite
 	priv     hpke.PrivateKey
 	info     []byte // "tls ech" 0x00 ECHConfig, the HPKE info (RFC 9849 §6.1)
+	tlsKey   tls.EncryptedClientHelloKey
 }
 
 // echFrontKeys are the keys client-facing decryption tries, by config_id.
@@ -66,7 +66,7 @@ func newECHFrontKeys(keys []tls.EncryptedClientHelloKey) *echFrontKeys {
 			continue
 		}
 		info := append([]byte("tls ech\x00"), k.Config...)
-		fk.keys = append(fk.keys, echFrontKey{configID: cfg.ConfigID, suites: cfg.Suites, priv: priv, info: info})
+		fk.keys = append(fk.keys, echFrontKey{configID: cfg.ConfigID, suites: cfg.Suites, priv: priv, info: info, tlsKey: k})
 	}
 	return fk
 }
@@ -78,6 +78,21 @@ func (fk *echFrontKeys) find(configID uint8, suite ECHCipherSuite) *echFrontKey 
 		}
 	}
 	return nil
+}
+
+// matching are the keys that can open a hello made with configID and
+// suite, for crypto/tls; usually none or one.
+func (fk *echFrontKeys) matching(configID uint8, suite ECHCipherSuite) []tls.EncryptedClientHelloKey {
+	var out []tls.EncryptedClientHelloKey
+	for i := range fk.keys {
+		if k := &fk.keys[i]; k.configID == configID && slices.Contains(k.suites, suite) {
+			out = append(out, k.tlsKey)
+		}
+	}
+	if out == nil {
+		return noECHKeys
+	}
+	return out
 }
 
 // echFront sits in front of crypto/tls on a connection's read side during
@@ -93,10 +108,18 @@ type echFront struct {
 	hellos   int
 	passing  bool // done looking: what is left goes through as it is
 	accepted bool // the first ClientHello was opened
+
+	// What the first ClientHelloOuter asked for, whether it could be
+	// opened or not (outerSeen: it had a well-formed outer extension).
+	outerSeen     bool
+	outerConfigID uint8
+	outerSuite    ECHCipherSuite
 }
 
-func newECHFront(keys *echFrontKeys) *echFront {
-	return &echFront{keys: keys, in: make([]byte, 0, frontInitialBufferSize)}
+// newECHFront starts with the bytes the client sent first (its whole
+// ClientHello, read while it waited in the poller).
+func newECHFront(keys *echFrontKeys, first []byte) *echFront {
+	return &echFront{keys: keys, in: first}
 }
 
 // drained reports whether the front has nothing more to do or to give.
@@ -185,6 +208,9 @@ func (f *echFront) openHello(msg []byte, vers [2]byte) ([]byte, bool) {
 		!ech.ReadUint16(&suite.KDF) || !ech.ReadUint16(&suite.AEAD) || !ech.ReadUint8(&configID) ||
 		!ech.ReadUint16LengthPrefixed(&enc) || !ech.ReadUint16LengthPrefixed(&payload) || !ech.Empty() || len(payload) == 0 {
 		return nil, false
+	}
+	if f.hellos == 1 {
+		f.outerSeen, f.outerConfigID, f.outerSuite = true, configID, suite
 	}
 	ctx := f.ctx
 	if ctx == nil {

@@ -52,7 +52,7 @@ type frontResult struct {
 func handshakeThroughFront(t *testing.T, server, client *tls.Config, set *ECHKeySet) frontResult {
 	t.Helper()
 	cc, sc := tcpPair(t) // not net.Pipe: after a HelloRetryRequest both sides write at once
-	front := newECHFront(newECHFrontKeys(set.TLSKeys()))
+	front := newECHFront(newECHFrontKeys(set.TLSKeys()), nil)
 	srv := tls.Server(&frontConn{Conn: sc, front: front}, server)
 	done := make(chan tls.ConnectionState, 1)
 	go func() {
@@ -315,7 +315,7 @@ func FuzzECHFront(f *testing.F) {
 	f.Add(append(append([]byte{}, hello...), 20, 3, 3, 0, 1, 1, 23, 3, 3, 0, 1, 0))
 	f.Add([]byte{22, 3, 1, 0, 0})
 	f.Fuzz(func(t *testing.T, in []byte) {
-		front := newECHFront(keys)
+		front := newECHFront(keys, nil)
 		r := bytes.NewReader(in)
 		var out []byte
 		buf := make([]byte, 700)

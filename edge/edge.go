@@ -43,27 +43,28 @@ type Edge struct {
 
 	listeners []*listener
 	poller    *poller // nil: no parking (platform or Config.NoParking)
-	runner    *runner // pump turns and backend dials
+	runner    *runner // handshakes, pump turns and backend dials
 	bufs      *bufferPools
-	queue     chan *pendingConn
+	slots     *handshakeSlots
+	sources   *sourceTable
 	http      *handoffListener
 
 	nextID      atomic.Uint64
 	activeConns atomic.Int64
 	busyPumps   atomic.Int64 // pumps moving data right now (the rest are parked)
-	inHandshake atomic.Int64 // handshake workers inside a handshake
+	inHandshake atomic.Int64 // connections with their ClientHello here and the handshake not done
 
-	mu        sync.Mutex
-	sessions  map[*session]struct{}
-	pending   map[*pendingConn]struct{}
-	httpConns map[net.Conn]*listener
-	// Handshake workers, resized by SetLimits; the first three are guarded by mu.
-	started       bool // Start ran
-	workers       int  // running
-	wantWorkers   int
-	workerSurplus atomic.Int32                  // workers - wantWorkers, read without mu
-	retireWorkers atomic.Pointer[chan struct{}] // closed when workers should check for surplus
-	limitsChanged chan struct{}                 // tells the sweeper to pick its interval again
+	// Refusals at accept by a per-source limit, by sourceRefusal, and the
+	// sampled log lines of refusals.
+	sourceRefusals [4]atomic.Uint64
+	overloadLog    sampledLog
+	sourceLimitLog sampledLog
+
+	mu            sync.Mutex
+	sessions      map[*session]struct{}
+	pending       map[*pendingConn]struct{}
+	httpConns     map[net.Conn]connSlot
+	limitsChanged chan struct{} // tells the sweeper to pick its interval again
 
 	nextTicketRotation time.Time // touched by Start and the sweeper only
 
@@ -87,19 +88,18 @@ func New(cfg Config, log *zap.Logger, getCert func(*tls.ClientHelloInfo) (*tls.C
 		cfg:       cfg,
 		log:       log,
 		getCert:   getCert,
-		queue:     make(chan *pendingConn, cfg.MaxConnections),
 		sessions:  make(map[*session]struct{}),
 		pending:   make(map[*pendingConn]struct{}),
-		httpConns: make(map[net.Conn]*listener),
+		httpConns: make(map[net.Conn]connSlot),
 		stop:      make(chan struct{}),
 		runner:    newRunner(),
+		sources:   newSourceTable(),
 		http:      newHandoffListener(),
 
 		limitsChanged: make(chan struct{}, 1),
 	}
-	wake := make(chan struct{})
-	e.retireWorkers.Store(&wake)
-	limits := cfg.limits()
+	e.slots = newHandshakeSlots(cfg.MaxHandshakes, e.startHandshake)
+	limits := cfg.Limits
 	e.limits.Store(&limits)
 	e.echKeys.Store(&noECHKeys)
 	e.backends.Store(&Backends{})
@@ -167,10 +167,6 @@ func (e *Edge) Start() error {
 			return err
 		}
 	}
-	e.mu.Lock()
-	e.started = true
-	e.resizeHandshakeWorkers(e.Limits().MaxHandshakes)
-	e.mu.Unlock()
 	e.wg.Go(e.sweep)
 	for _, l := range e.listeners {
 		e.wg.Go(l.acceptLoop)
@@ -218,13 +214,13 @@ func (e *Edge) Shutdown() {
 			sessions = append(sessions, s)
 		}
 		e.mu.Unlock()
+		e.slots.close()
 		for _, pc := range pending {
 			e.dropPending(pc, FailTimeout, "shutting down")
 		}
 		for _, s := range sessions {
 			s.close("shutting down", nil)
 		}
-		close(e.queue)
 		e.wg.Wait()
 		if e.poller != nil {
 			e.poller.close()
@@ -250,7 +246,18 @@ func (e *Edge) Snapshot() Snapshot {
 	e.mu.Lock()
 	s.ActiveSessions = int64(len(e.sessions))
 	s.Pending = int64(len(e.pending))
+	for pc := range e.pending {
+		if pc.state == waitingForHello {
+			s.WaitingForHello++
+		}
+	}
 	e.mu.Unlock()
+	s.HandshakeQueue = int64(e.slots.queued())
+	s.Sources = e.sources.size()
+	s.SourceRefusals = make(map[string]uint64, len(e.sourceRefusals)-1)
+	for r := sourceTooFast; int(r) < len(e.sourceRefusals); r++ {
+		s.SourceRefusals[r.String()] = e.sourceRefusals[r].Load()
+	}
 	return s
 }
 
@@ -295,21 +302,20 @@ func (e *Edge) sweep() {
 	}
 }
 
-func (e *Edge) sweepInterval() time.Duration {
-	l := e.limits.Load()
-	interval := min(l.HandshakeTimeout, l.IdleTimeout, l.LingerTimeout) / 4
-	return max(10*time.Millisecond, min(interval, 5*time.Second))
-}
-
 func (e *Edge) sweepOnce(now time.Time) {
 	type expiredSession struct {
 		s      *session
 		reason string
 	}
+	type expiredConn struct {
+		pc     *pendingConn
+		reason FailReason
+		detail string
+	}
 	var sessions []expiredSession
-	var silent []*pendingConn
+	var conns []expiredConn
 	nowNs := now.UnixNano()
-	handshakeTimeout := e.limits.Load().HandshakeTimeout
+	lim := e.limits.Load()
 	e.mu.Lock()
 	for s := range e.sessions {
 		if ok, reason := s.expired(nowNs); ok {
@@ -317,15 +323,21 @@ func (e *Edge) sweepOnce(now time.Time) {
 		}
 	}
 	for pc := range e.pending {
-		if pc.state == waitingForHello && now.Sub(pc.accepted) > handshakeTimeout {
-			silent = append(silent, pc)
+		switch age := now.Sub(pc.accepted); {
+		case pc.state == waitingForHello && age > lim.HelloTimeout:
+			conns = append(conns, expiredConn{pc, FailTimeout, "no whole ClientHello before the hello timeout"})
+		case pc.state == queued && age > lim.HandshakeTimeout:
+			conns = append(conns, expiredConn{pc, FailTimeout, "in line for a handshake slot past the handshake timeout"})
+		case pc.state == refusingHTTP && now.Sub(pc.helloAt) > refuseHTTPLinger:
+			conns = append(conns, expiredConn{pc, FailNotTLS, errPlainHTTP.Error()})
 		}
 	}
 	e.mu.Unlock()
 	for _, x := range sessions {
 		go x.s.close(x.reason, nil)
 	}
-	for _, pc := range silent {
-		e.dropPending(pc, FailTimeout, "no ClientHello before the handshake timeout")
+	for _, x := range conns {
+		e.dropPending(x.pc, x.reason, x.detail)
 	}
+	e.sources.sweep(&lim.Sources, now)
 }

@@ -64,11 +64,10 @@ func (e *Edge) HTTPConnState(c net.Conn, state http.ConnState) {
 		return
 	}
 	e.mu.Lock()
-	l, ok := e.httpConns[c]
+	slot, ok := e.httpConns[c]
 	delete(e.httpConns, c)
 	e.mu.Unlock()
 	if ok {
-		l.stats.active.Add(-1)
-		e.activeConns.Add(-1)
+		e.release(slot.l, slot.src)
 	}
 }

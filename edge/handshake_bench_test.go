@@ -57,7 +57,7 @@ func BenchmarkServerHandshake(b *testing.B) {
 					start := threadCPU()
 					var front *echFront
 					if v.front {
-						front = newECHFront(e.echFront.Load())
+						front = newECHFront(e.echFront.Load(), nil)
 						c = &frontConn{Conn: c, front: front}
 					}
 					srv := tls.Server(c, serverConfig)
@@ -98,7 +98,7 @@ func BenchmarkECHOpen(b *testing.B) {
 	keys := newECHFrontKeys(set.TLSKeys())
 	b.Run("front", func(b *testing.B) {
 		for b.Loop() {
-			f := newECHFront(keys)
+			f := newECHFront(keys, nil)
 			f.hellos = 1
 			if _, ok := f.openHello(record[recordHeaderLen:], [2]byte(record[1:3])); !ok {
 				b.Fatal("not opened")
@@ -108,7 +108,7 @@ func BenchmarkECHOpen(b *testing.B) {
 	b.Run("key-parsed-each-time", func(b *testing.B) {
 		raw := set.TLSKeys()
 		for b.Loop() {
-			f := newECHFront(newECHFrontKeys(raw))
+			f := newECHFront(newECHFrontKeys(raw), nil)
 			f.hellos = 1
 			if _, ok := f.openHello(record[recordHeaderLen:], [2]byte(record[1:3])); !ok {
 				b.Fatal("not opened")

@@ -6,18 +6,18 @@ import (
 	"time"
 )
 
-func (e *Edge) runningWorkers() int {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.workers
+func (e *Edge) handshakeSlotCount() int {
+	e.slots.mu.Lock()
+	defer e.slots.mu.Unlock()
+	return e.slots.size
 }
 
 // TestSetLimits: new limits apply to what comes next, established
-// connections stay, and the handshake workers follow MaxHandshakes.
+// connections stay, and the handshake slots follow MaxHandshakes.
 func TestSetLimits(t *testing.T) {
 	te, _, _ := startEdgeWithBackends(t, func(c *Config) { c.MaxHandshakes = 8 })
-	if n := te.runningWorkers(); n != 8 {
-		t.Fatalf("%d workers, want 8", n)
+	if n := te.handshakeSlotCount(); n != 8 {
+		t.Fatalf("%d handshake slots, want 8", n)
 	}
 	kept, err := te.dial(t, "imaps", nil, nil)
 	if err != nil {
@@ -37,7 +37,9 @@ func TestSetLimits(t *testing.T) {
 		c.Close()
 		t.Fatal("a second connection got through a limit of 1")
 	}
-	waitFor(t, 10*time.Second, "the surplus workers to end", func() bool { return te.runningWorkers() == 1 })
+	if n := te.handshakeSlotCount(); n != 1 {
+		t.Fatalf("%d handshake slots, want 1", n)
+	}
 	if _, err := kept.Write([]byte("a1 NOOP\r\n")); err != nil || readLine(t, kept) != "a1 NOOP\r\n" {
 		t.Fatalf("the established connection stopped working: %v", err)
 	}
@@ -45,8 +47,8 @@ func TestSetLimits(t *testing.T) {
 	if err := te.SetLimits(Limits{MaxConnections: 10, MaxHandshakes: 3}); err != nil {
 		t.Fatal(err)
 	}
-	if n := te.runningWorkers(); n != 3 {
-		t.Fatalf("%d workers, want 3", n)
+	if n := te.handshakeSlotCount(); n != 3 {
+		t.Fatalf("%d handshake slots, want 3", n)
 	}
 	second, err := te.dial(t, "imaps", nil, nil)
 	if err != nil {

@@ -21,7 +21,7 @@ import (
 // moves data.
 type session struct {
 	e       *Edge
-	l       *listener
+	slot    connSlot // what it counts against
 	id      uint64
 	route   Route
 	started time.Time
@@ -58,12 +58,13 @@ type pump struct {
 	runFunc    func()
 }
 
-func newSession(e *Edge, l *listener, id uint64, route Route, client *tls.Conn, clientTCP *tcpConn, backend net.Conn, backendTCP *tcpConn) *session {
+func newSession(e *Edge, slot connSlot, id uint64, route Route, client *tls.Conn, clientTCP *tcpConn, backend net.Conn, backendTCP *tcpConn) *session {
 	s := &session{
-		e: e, l: l, id: id, route: route, started: time.Now(),
+		e: e, slot: slot, id: id, route: route, started: time.Now(),
 		client: client, clientTCP: clientTCP, backend: backend, backendTCP: backendTCP,
 	}
 	backendTLS, _ := backend.(*tls.Conn)
+	l := slot.l
 	s.up = pump{s: s, src: client, srcTCP: clientTCP, srcTLS: client, dst: backend, dstTCP: backendTCP, dstTLS: backendTLS, bytes: &l.stats.bytesIn}
 	s.down = pump{s: s, src: backend, srcTCP: backendTCP, srcTLS: backendTLS, dst: client, dstTCP: clientTCP, dstTLS: client, bytes: &l.stats.bytesOut}
 	if route == RouteIMAP {
@@ -255,8 +256,7 @@ func (s *session) close(reason string, err error) {
 
 	// The slot is free before the session leaves the table, so whoever sees
 	// it gone (a test, the status page) can count on the slot too.
-	s.l.stats.active.Add(-1)
-	s.e.activeConns.Add(-1)
+	s.e.release(s.slot.l, s.slot.src)
 	s.e.forgetSession(s)
 	// Bound the close_notify write: a client that stopped reading must not
 	// hold this goroutine.

@@ -51,8 +51,14 @@ type tcpConn struct {
 	ahead    []byte
 	aheadPos int
 
-	// echOffered is set during the handshake by GetConfigForClient.
-	echOffered bool
+	// prelude is what the client sent before its handshake began (its
+	// ClientHello, read while it waited in the poller), for crypto/tls to
+	// read first. Only the handshake's goroutine touches it.
+	prelude []byte
+	// turn is the handshake's hold on a handshake slot while one runs: a
+	// read or write that has to wait for the client gives the slot back for
+	// the wait (see handshakeSlots).
+	turn *handshakeTurn
 
 	// front opens ECH ClientHellos for crypto/tls (echfront.go) until it has
 	// handed over everything it read. Only the reading goroutine touches it.
@@ -94,6 +100,13 @@ func (c *tcpConn) Read(p []byte) (int, error) {
 		}
 		c.front = nil
 	}
+	if len(c.prelude) > 0 {
+		n := copy(p, c.prelude)
+		if c.prelude = c.prelude[n:]; len(c.prelude) == 0 {
+			c.prelude = nil
+		}
+		return n, nil
+	}
 	if c.ahead == nil {
 		return c.readSocket(p)
 	}
@@ -129,13 +142,27 @@ func (c *tcpConn) readSocket(p []byte) (int, error) {
 	if !rawSocketIO && !c.parked {
 		return c.TCPConn.Read(p)
 	}
-	wait := !c.parked
+	return c.readRaw(p, !c.parked)
+}
+
+// tryRead reads what the socket holds now, without waiting: errWouldBlock
+// when that is nothing.
+func (c *tcpConn) tryRead(p []byte) (int, error) {
+	return c.readRaw(p, false)
+}
+
+func (c *tcpConn) readRaw(p []byte, wait bool) (int, error) {
 	var n int
 	var errno error
 	err := c.raw.Read(func(fd uintptr) bool {
 		n, errno = readFD(fd, p)
-		return !wait || errno != syscall.EAGAIN // false: wait until readable
+		if errno != syscall.EAGAIN || !wait {
+			return true
+		}
+		c.turn.release() // waiting for the client: no slot for that
+		return false     // wait until readable
 	})
+	c.turn.acquire()
 	switch {
 	case err != nil:
 		return 0, c.opError("read", err)
@@ -186,7 +213,8 @@ func (c *tcpConn) writeSocket(p []byte) (int, error) {
 			n, e := writeFD(fd, p[written:])
 			switch {
 			case e == syscall.EAGAIN:
-				return false // wait until writable
+				c.turn.release() // a client that does not read holds no handshake slot
+				return false     // wait until writable
 			case e != nil:
 				errno = e
 				return true
@@ -195,6 +223,7 @@ func (c *tcpConn) writeSocket(p []byte) (int, error) {
 		}
 		return true
 	})
+	c.turn.acquire()
 	if err == nil {
 		err = errno
 	}

@@ -19,16 +19,14 @@ const extensionECH = 0xfe0d
 // callbacks or set with SetSessionTicketKeys, so no handshake ever clones or
 // allocates a tls.Config.
 //
-// ECH keys sit on this base config only, and GetConfigForClient returns nil,
-// so the same keys also serve the retry_configs of a rejected ECH (RFC 9849
-// §7.1): crypto/tls builds those from the config GetConfigForClient returns.
+// ECH keys sit on this base config only, so the same keys also serve the
+// retry_configs of a rejected ECH (RFC 9849 §7.1).
 func (e *Edge) newTLSConfig(kind Kind) *tls.Config {
 	return &tls.Config{
 		MinVersion:                  e.cfg.MinTLSVersion,
 		NextProtos:                  nextProtos(kind),
 		GetCertificate:              e.getCert,
-		GetEncryptedClientHelloKeys: e.currentECHKeys,
-		GetConfigForClient:          noteECHOffer,
+		GetEncryptedClientHelloKeys: e.echKeysFor,
 		// Full-size records from the first byte: mail is bulk data, and
 		// fewer records cost less CPU per byte.
 		DynamicRecordSizingDisabled: true,
@@ -45,15 +43,47 @@ func nextProtos(kind Kind) []string {
 	return []string{"smtp", "imap", "h2", "http/1.1", acmeTLSALPN}
 }
 
-func (e *Edge) currentECHKeys(*tls.ClientHelloInfo) ([]tls.EncryptedClientHelloKey, error) {
-	return *e.echKeys.Load(), nil
+// handshakeInfo is what the edge learns about one handshake while crypto/tls
+// runs it. It travels in the handshake's context (ClientHelloInfo.Context).
+type handshakeInfo struct {
+	front     *echFront // opens the ECH hello in front of crypto/tls; nil without ECH keys
+	keysAsked int       // calls of GetEncryptedClientHelloKeys
+	offered   bool      // the hello carried an encrypted_client_hello extension
 }
 
-// noteECHOffer runs on the hello that will be answered (the inner one when
-// ECH was accepted) and records whether the client attempted ECH at all.
-func noteECHOffer(chi *tls.ClientHelloInfo) (*tls.Config, error) {
-	if tc, ok := chi.Conn.(*tcpConn); ok {
-		tc.echOffered = slices.Contains(chi.Extensions, extensionECH)
+type handshakeInfoKey struct{}
+
+func handshakeInfoOf(chi *tls.ClientHelloInfo) *handshakeInfo {
+	hi, _ := chi.Context().Value(handshakeInfoKey{}).(*handshakeInfo)
+	return hi
+}
+
+// echOffered reports whether the client attempted ECH (or sent GREASE).
+func (hi *handshakeInfo) echOffered() bool { return hi.offered }
+
+// echKeysFor gives crypto/tls the ECH keys for a handshake. crypto/tls asks
+// for a hello with an encrypted_client_hello extension to decrypt it, and
+// then for every TLS 1.3 handshake for the retry_configs of a rejected ECH.
+//
+// For the first, only the keys with the config_id and cipher suite the
+// client named can open its hello (RFC 9849 §7.1). The ECH front has
+// opened it already if one could; what is left is a stale config, GREASE
+// (§6.2) or a suite the edge does not offer. crypto/tls would try every key
+// and, for a suite it does not implement, abort with internal_error, where
+// §7.1 says to go on without ECH: with no key left, it does, and sends the
+// retry configs.
+func (e *Edge) echKeysFor(chi *tls.ClientHelloInfo) ([]tls.EncryptedClientHelloKey, error) {
+	keys := *e.echKeys.Load()
+	hi := handshakeInfoOf(chi)
+	if hi == nil {
+		return keys, nil
 	}
-	return nil, nil
+	hi.keysAsked++
+	if slices.Contains(chi.Extensions, extensionECH) {
+		hi.offered = true
+	}
+	if f := hi.front; hi.keysAsked == 1 && hi.offered && f != nil && f.outerSeen && !f.accepted {
+		return f.keys.matching(f.outerConfigID, f.outerSuite), nil
+	}
+	return keys, nil
 }

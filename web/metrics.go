@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -40,6 +41,7 @@ type edgeCollector struct {
 	s *Server
 
 	buildInfo, accepted, active, routed, handshakes, handshakeSeconds *prometheus.Desc
+	queueWaitSeconds, waitingForHello, handshakeQueue, sourceRefusals *prometheus.Desc
 	failures, backendDialErrors, bytes, sessions, pending             *prometheus.Desc
 	echKeys, echCreated                                               *prometheus.Desc
 	certExpiry, acmeError, acmeLastError, acmeNextAttempt             *prometheus.Desc
@@ -57,8 +59,12 @@ func newEdgeCollector(s *Server) *edgeCollector {
 		active:            d("connections_active", "Connections open now, in any stage.", "listener"),
 		routed:            d("connections_routed_total", "Connections routed after their TLS handshake, by route (imap, smtp, http, acme-tls).", "listener", "route"),
 		handshakes:        d("handshakes_total", "Completed TLS handshakes by ECH outcome: accepted, rejected (stale config or GREASE; retry configs sent) or none.", "listener", "ech"),
-		handshakeSeconds:  d("handshake_duration_seconds", "Time from the ClientHello to the end of the TLS handshake.", "listener"),
-		failures:          d("connection_failures_total", "Connections closed before or while routing, by reason (handshake, timeout, overload, no-route). Backend dial failures are in backend_dial_errors_total.", "listener", "reason"),
+		handshakeSeconds:  d("handshake_duration_seconds", "Time from getting a handshake slot to the end of the TLS handshake (waits for the client included).", "listener"),
+		queueWaitSeconds:  d("handshake_queue_wait_seconds", "Time from the whole ClientHello to a handshake slot: the time in line.", "listener"),
+		waitingForHello:   d("connections_waiting_for_hello", "Connections still sending their ClientHello (they hold no handshake slot)."),
+		handshakeQueue:    d("handshake_queue", "Connections with their ClientHello in line for a handshake slot."),
+		sourceRefusals:    d("source_refusals_total", "Connections refused at accept by a per-address limit (connections, handshakes, new connections per second).", "limit"),
+		failures:          d("connection_failures_total", "Connections closed before or while routing, by reason (handshake, timeout, overload, no-route, not-tls, source-limit). Backend dial failures are in backend_dial_errors_total.", "listener", "reason"),
 		backendDialErrors: d("backend_dial_errors_total", "IMAP/SMTP connections whose backend (Dovecot, Postfix) could not be reached; the client got BYE or 421.", "listener"),
 		bytes:             d("proxied_bytes_total", "Bytes proxied between clients and mail backends.", "listener", "direction"),
 		sessions:          d("sessions_active", "Proxied IMAP/SMTP sessions open now."),
@@ -79,6 +85,7 @@ func newEdgeCollector(s *Server) *edgeCollector {
 func (c *edgeCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		c.buildInfo, c.accepted, c.active, c.routed, c.handshakes, c.handshakeSeconds,
+		c.queueWaitSeconds, c.waitingForHello, c.handshakeQueue, c.sourceRefusals,
 		c.failures, c.backendDialErrors, c.bytes, c.sessions, c.pending, c.echKeys, c.echCreated,
 		c.certExpiry, c.acmeError, c.acmeLastError, c.acmeNextAttempt,
 		c.serviceUp, c.probeSeconds, c.probeFailures, c.upstreamErrors,
@@ -100,6 +107,18 @@ func (c *edgeCollector) Collect(ch chan<- prometheus.Metric) {
 	st := s.edgeStats()
 	gauge(c.sessions, float64(st.ActiveSessions))
 	gauge(c.pending, float64(st.Pending))
+	gauge(c.waitingForHello, float64(st.WaitingForHello))
+	gauge(c.handshakeQueue, float64(st.HandshakeQueue))
+	for limit, n := range st.SourceRefusals {
+		counter(c.sourceRefusals, n, limit)
+	}
+	histogram := func(d *prometheus.Desc, bounds []time.Duration, counts []uint64, total uint64, sum time.Duration, labels ...string) {
+		buckets := make(map[float64]uint64, len(bounds))
+		for i, b := range bounds {
+			buckets[b.Seconds()] = counts[i]
+		}
+		ch <- prometheus.MustNewConstHistogram(d, total, sum.Seconds(), buckets, labels...)
+	}
 	for _, l := range st.Listeners {
 		counter(c.accepted, l.Accepted, l.Name)
 		gauge(c.active, float64(l.Active), l.Name)
@@ -116,11 +135,8 @@ func (c *edgeCollector) Collect(ch chan<- prometheus.Metric) {
 				counter(c.failures, n, l.Name, reason)
 			}
 		}
-		buckets := make(map[float64]uint64, len(l.HandshakeBuckets))
-		for i, b := range l.HandshakeBuckets {
-			buckets[b.Seconds()] = l.HandshakeCounts[i]
-		}
-		ch <- prometheus.MustNewConstHistogram(c.handshakeSeconds, l.HandshakeCount, l.HandshakeSum.Seconds(), buckets, l.Name)
+		histogram(c.handshakeSeconds, l.HandshakeBuckets, l.HandshakeCounts, l.HandshakeCount, l.HandshakeSum, l.Name)
+		histogram(c.queueWaitSeconds, l.QueueWaitBuckets, l.QueueWaitCounts, l.QueueWaitCount, l.QueueWaitSum, l.Name)
 		counter(c.bytes, l.BytesIn, l.Name, "in")
 		counter(c.bytes, l.BytesOut, l.Name, "out")
 	}

@@ -40,10 +40,13 @@ type statusPage struct {
 	Certs          []certView
 	ECH            echView
 	// Admin page only.
-	Listeners []listenerView
-	Sessions  int64
-	Pending   int64
-	Recent    []recentView
+	Listeners       []listenerView
+	Sessions        int64
+	Pending         int64
+	WaitingForHello int64
+	HandshakeQueue  int64
+	SourceRefusals  string
+	Recent          []recentView
 }
 
 type serviceView struct {
@@ -71,6 +74,9 @@ type listenerView struct {
 	Accepted                          uint64
 	ECHAccepted, ECHRejected, ECHNone uint64
 	Routes, Failures                  string
+	// Medians and 90th percentiles (bucket bounds) of the handshake and of
+	// the wait in line for a handshake slot.
+	HandshakeP50, HandshakeP90, QueueWaitP50, QueueWaitP90 string
 }
 
 type recentView struct {
@@ -139,11 +145,20 @@ func (s *Server) statusPage(admin bool) statusPage {
 	}
 	st := s.edgeStats()
 	page.Sessions, page.Pending = st.ActiveSessions, st.Pending
+	page.WaitingForHello, page.HandshakeQueue = st.WaitingForHello, st.HandshakeQueue
+	page.SourceRefusals = formatCounts(st.SourceRefusals)
 	for _, l := range st.Listeners {
+		hs := func(q float64) string {
+			return formatBound(quantile(l.HandshakeBuckets, l.HandshakeCounts, l.HandshakeCount, q), lastBound(l.HandshakeBuckets))
+		}
+		qw := func(q float64) string {
+			return formatBound(quantile(l.QueueWaitBuckets, l.QueueWaitCounts, l.QueueWaitCount, q), lastBound(l.QueueWaitBuckets))
+		}
 		page.Listeners = append(page.Listeners, listenerView{
 			Name: l.Name, Address: l.Address, Active: l.Active, Accepted: l.Accepted,
 			ECHAccepted: l.ECH["accepted"], ECHRejected: l.ECH["rejected"], ECHNone: l.ECH["none"],
 			Routes: formatCounts(l.Routes), Failures: formatCounts(l.Failures),
+			HandshakeP50: hs(0.5), HandshakeP90: hs(0.9), QueueWaitP50: qw(0.5), QueueWaitP90: qw(0.9),
 		})
 	}
 	if s.deps.Recent != nil {
