@@ -68,9 +68,11 @@ type Edge struct {
 
 	nextTicketRotation time.Time // touched by Start and the sweeper only
 
-	stopOnce sync.Once
-	stop     chan struct{}
-	wg       sync.WaitGroup
+	stopAcceptOnce sync.Once
+	stopOnce       sync.Once
+	closing        sync.WaitGroup // sessions not yet completely closed
+	stop           chan struct{}
+	wg             sync.WaitGroup
 }
 
 // New checks the configuration and prepares an edge; Start opens its ports.
@@ -198,11 +200,7 @@ func (e *Edge) addrStrings() []string {
 func (e *Edge) Shutdown() {
 	e.stopOnce.Do(func() {
 		close(e.stop)
-		for _, l := range e.listeners {
-			if l.ln != nil {
-				l.ln.Close()
-			}
-		}
+		e.stopAccepting()
 		e.http.Close()
 		e.mu.Lock()
 		pending := make([]*pendingConn, 0, len(e.pending))
@@ -221,6 +219,7 @@ func (e *Edge) Shutdown() {
 		for _, s := range sessions {
 			s.close("shutting down", nil)
 		}
+		e.closing.Wait() // some may have been closing on their own
 		e.wg.Wait()
 		if e.poller != nil {
 			e.poller.close()
@@ -270,6 +269,7 @@ func (e *Edge) trackSession(s *session) bool {
 	default:
 	}
 	e.sessions[s] = struct{}{}
+	e.closing.Add(1) // done when its close is complete (finishClose)
 	return true
 }
 

@@ -31,9 +31,9 @@ type session struct {
 	backend    net.Conn // backendTCP itself, or a *tls.Conn over it
 	backendTCP *tcpConn
 
-	up   pump        // client to backend
-	down pump        // backend to client
-	bye  *byeWatcher // IMAP only: the down pump's source
+	up    pump         // client to backend
+	down  pump         // backend to client
+	watch sessionWatch // follows both directions for a clean farewell
 
 	lastActive atomic.Int64 // unix nanoseconds of the last data moved
 	halfClosed atomic.Int64 // unix nanoseconds when one direction ended, 0 if none
@@ -55,6 +55,8 @@ type pump struct {
 	tok        pollToken
 	registered bool        // tok is valid; guarded by s.mu
 	ended      atomic.Bool // src reached EOF
+	running    bool        // a turn of run is moving data; guarded by s.mu
+	observe    func([]byte)
 	runFunc    func()
 }
 
@@ -67,10 +69,8 @@ func newSession(e *Edge, slot connSlot, id uint64, route Route, client *tls.Conn
 	l := slot.l
 	s.up = pump{s: s, src: client, srcTCP: clientTCP, srcTLS: client, dst: backend, dstTCP: backendTCP, dstTLS: backendTLS, bytes: &l.stats.bytesIn}
 	s.down = pump{s: s, src: backend, srcTCP: backendTCP, srcTLS: backendTLS, dst: client, dstTCP: clientTCP, dstTLS: client, bytes: &l.stats.bytesOut}
-	if route == RouteIMAP {
-		s.bye = newByeWatcher(backend)
-		s.down.src = s.bye
-	}
+	s.watch = newSessionWatch(route)
+	s.up.observe, s.down.observe = s.watch.up, s.watch.down
 	s.up.runFunc = s.up.run
 	s.down.runFunc = s.down.run
 	s.lastActive.Store(s.started.UnixNano())
@@ -106,10 +106,7 @@ func (p *pump) run() {
 	// memory model does not see. park re-arms the poller holding s.mu, so
 	// taking it here orders this run after the previous one of this pump
 	// (its use of the read-ahead fields of srcTCP included).
-	s.mu.Lock()
-	closed := s.closed
-	s.mu.Unlock()
-	if closed {
+	if !p.setRunning(true) {
 		return
 	}
 	bufs := s.e.bufs.get(p.srcTLS != nil, p.dstTLS != nil)
@@ -122,12 +119,23 @@ func (p *pump) run() {
 		}
 		s.e.bufs.put(bufs)
 	}
+	blocking := !p.srcTCP.parked // a goroutine per direction: it waits in read
 	for {
+		if blocking && !p.setRunning(false) {
+			release()
+			return
+		}
 		n, err := p.read(bufs.chunk)
+		if blocking && !p.setRunning(true) {
+			release()
+			return // drained meanwhile: what came is not passed on
+		}
 		if n > 0 {
 			s.lastActive.Store(time.Now().UnixNano())
+			p.observe(bufs.chunk[:n])
 			if werr := p.write(bufs.chunk[:n], bufs.batch); werr != nil {
 				release()
+				p.setRunning(false)
 				s.close("write failed", werr)
 				return
 			}
@@ -143,9 +151,21 @@ func (p *pump) run() {
 			p.park()
 			return
 		}
+		p.setRunning(false)
 		p.end(err)
 		return
 	}
+}
+
+// setRunning marks the pump as moving data (or not), for the drain, which
+// says goodbye only while neither pump runs. It reports false when the
+// session is closed: a pump must then stop.
+func (p *pump) setRunning(running bool) bool {
+	s := p.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p.running = running && !s.closed
+	return !s.closed
 }
 
 // read fills buf from the source. crypto/tls hands out one record per Read,
@@ -184,6 +204,7 @@ func (p *pump) park() {
 	s := p.s
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	p.running = false
 	if s.closed {
 		return
 	}
@@ -244,16 +265,43 @@ func (s *session) close(reason string, err error) {
 		s.mu.Unlock()
 		return
 	}
+	s.markClosed()
+	s.mu.Unlock()
+	s.finishClose(reason, err)
+}
+
+// closeIfQuiet closes the session with its protocol's farewell if that cuts
+// nothing now: neither pump is moving data, and the watch sees both sides
+// between commands and responses with no mail transaction open.
+func (s *session) closeIfQuiet() bool {
+	s.mu.Lock()
+	if s.closed || s.up.running || s.down.running || !s.watch.quiet() {
+		s.mu.Unlock()
+		return false
+	}
+	s.markClosed()
+	s.mu.Unlock()
+	s.client.SetWriteDeadline(time.Now().Add(time.Second))
+	_, _ = s.client.Write(s.watch.farewell(s.e.cfg.Hostname))
+	s.finishClose("drained", nil)
+	return true
+}
+
+// markClosed stops the pumps from running again; s.mu is held.
+func (s *session) markClosed() {
 	s.closed = true
-	// Both sockets are closed below, which takes them out of the epoll set.
+	// Both sockets are closed by finishClose, which takes them out of the
+	// epoll set.
 	for _, p := range [...]*pump{&s.up, &s.down} {
 		if p.registered {
 			s.e.poller.forget(p.tok)
 			p.registered = false
 		}
 	}
-	s.mu.Unlock()
+}
 
+// finishClose closes both connections and counts the session out.
+func (s *session) finishClose(reason string, err error) {
 	// The slot is free before the session leaves the table, so whoever sees
 	// it gone (a test, the status page) can count on the slot too.
 	s.e.release(s.slot.l, s.slot.src)
@@ -272,6 +320,7 @@ func (s *session) close(reason string, err error) {
 		fields = append(fields, zap.Error(err))
 	}
 	s.e.log.Debug("session closed", fields...)
+	s.e.closing.Done()
 }
 
 // expired reports whether the sweeper should close the session.

@@ -1,0 +1,87 @@
+package edge
+
+import (
+	"context"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// drainPoll is how often a drain looks for sessions it can close.
+const drainPoll = 50 * time.Millisecond
+
+// Drain ends the edge's work without cutting any of it, for a restart or an
+// upgrade:
+//
+//   - it stops accepting: the listening sockets close here (a process that
+//     takes over holds its own copies of them, and new connections go there);
+//     connections already accepted finish their handshakes and are served;
+//   - for grace, sessions go on untouched: an upgrade's new process serves
+//     new connections meanwhile, and clients in IMAP IDLE keep getting their
+//     mail through this one;
+//   - then each IMAP session gets "* BYE" and each SMTP session "421" at the
+//     first point where that cuts nothing (between commands and responses,
+//     never inside a literal or a message, no mail transaction open), and is
+//     closed; a client reconnects, to the new process;
+//   - when ctx is done, what is left is closed as it is.
+//
+// Drain returns once no session and no handshake is left, or ctx is done.
+// Connections routed to HTTP belong to the web server (its Shutdown).
+func (e *Edge) Drain(ctx context.Context, grace time.Duration) {
+	e.stopAccepting()
+	goodbyeFrom := time.Now().Add(grace)
+	t := time.NewTicker(drainPoll)
+	defer t.Stop()
+	e.log.Info("draining", zap.Int("sessions", e.sessionCount()), zap.Duration("grace", grace))
+	for {
+		sessions, pending := e.inFlight()
+		if len(sessions) == 0 && pending == 0 {
+			e.log.Info("drained")
+			return
+		}
+		if !time.Now().Before(goodbyeFrom) {
+			for _, s := range sessions {
+				s.closeIfQuiet()
+			}
+		}
+		select {
+		case <-ctx.Done():
+			left, _ := e.inFlight()
+			e.log.Warn("drain time over, closing the rest", zap.Int("sessions", len(left)))
+			for _, s := range left {
+				s.close("drain time over", nil)
+			}
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// stopAccepting closes the listening sockets; Shutdown does it too.
+func (e *Edge) stopAccepting() {
+	e.stopAcceptOnce.Do(func() {
+		for _, l := range e.listeners {
+			if l.ln != nil {
+				l.ln.Close()
+			}
+		}
+	})
+}
+
+// inFlight are the sessions, and the number of connections still before
+// the end of their handshake.
+func (e *Edge) inFlight() ([]*session, int) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	sessions := make([]*session, 0, len(e.sessions))
+	for s := range e.sessions {
+		sessions = append(sessions, s)
+	}
+	return sessions, len(e.pending)
+}
+
+func (e *Edge) sessionCount() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return len(e.sessions)
+}
