@@ -141,11 +141,8 @@ func (b *Backend) Dial(ctx context.Context, info ClientInfo) (net.Conn, error) {
 // probe is bounded by DefaultProbeTimeout.
 func (b *Backend) Probe(ctx context.Context) (ProbeResult, error) {
 	res := ProbeResult{Protocol: b.cfg.Protocol, Mode: b.cfg.Mode, Address: b.cfg.Address}
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, DefaultProbeTimeout)
-		defer cancel()
-	}
+	ctx, cancel := checkContext(ctx)
+	defer cancel()
 
 	var header []byte
 	if b.cfg.Mode == ModeProxy {
@@ -208,9 +205,8 @@ func (b *Backend) connect(ctx context.Context, header []byte) (net.Conn, error) 
 // withContextErr adds ctx's error to err when ctx is done, so that a timeout
 // reads as "context deadline exceeded" rather than only as the I/O error it
 // caused, and errors.Is finds both. A conn deadline set to ctx's deadline
-// may fire a moment before ctx itself reports it, and go-imap flattens the
-// I/O error into text, so an error once the deadline has passed counts as
-// ctx's.
+// may fire a moment before ctx itself reports it, so an error once the
+// deadline has passed counts as ctx's.
 func withContextErr(ctx context.Context, err error) error {
 	ctxErr := ctx.Err()
 	if d, ok := ctx.Deadline(); ok && ctxErr == nil && !time.Now().Before(d) {
