@@ -8,48 +8,21 @@ import (
 	"net"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"chatmail-edge/internal/testserver"
 )
 
 // spinningGreeting made go-imap v2.0.0-beta.8's client loop forever without
 // reading: its CAPABILITY parser takes "(" as a space it never consumes.
 const spinningGreeting = "* OK [CAPABILITY (IMAP4rev1)] x\r\n"
 
-// dialogueServer accepts connections and runs serve on each, in a goroutine
-// of its own; the test's end closes the listener and every connection and
-// waits for the goroutines.
+// dialogueServer runs serve on every connection, with a reader of what the
+// client sends.
 func dialogueServer(t *testing.T, serve func(conn net.Conn, in *bufio.Reader)) string {
 	t.Helper()
-	ln := listenLoopback(t)
-	var (
-		mu    sync.Mutex
-		conns []net.Conn
-		wg    sync.WaitGroup
-	)
-	wg.Go(func() {
-		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, conn)
-			mu.Unlock()
-			wg.Go(func() { serve(conn, bufio.NewReader(conn)) })
-		}
-	})
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for _, conn := range conns {
-			conn.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	return ln.Addr().String()
+	return testserver.Serve(t, func(conn net.Conn) { serve(conn, bufio.NewReader(conn)) })
 }
 
 // scriptedDialogue sends greeting, then answers each command line the
