@@ -33,7 +33,7 @@ func CheckIMAP(ctx context.Context, conn net.Conn, creds *Credentials) (res Chec
 	ctx, cancel := checkContext(ctx)
 	defer cancel()
 	step := func(name string, err error) error {
-		return fmt.Errorf("imap %s: %w", name, withContextErr(ctx, err))
+		return fmt.Errorf("imap %s: %w", name, WithContextErr(ctx, err))
 	}
 	cc, err := newCheckConn(ctx, conn, maxIMAPLine)
 	if err != nil {
@@ -93,7 +93,7 @@ func CheckSMTP(ctx context.Context, conn net.Conn, heloHost string, creds *Crede
 	ctx, cancel := checkContext(ctx)
 	defer cancel()
 	step := func(name string, err error) error {
-		return fmt.Errorf("smtp %s: %w", name, withContextErr(ctx, err))
+		return fmt.Errorf("smtp %s: %w", name, WithContextErr(ctx, err))
 	}
 	if heloHost == "" || strings.ContainsAny(heloHost, " \r\n") {
 		conn.Close()
