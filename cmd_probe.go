@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"time"
 
 	"chatmail-edge/probe"
 )
@@ -27,7 +26,7 @@ func cmdProbe(args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&o.SMTPSPort, "smtps-port", 465, "implicit-TLS SMTP port")
 	fs.StringVar(&o.User, "user", "", "account to log in with (IMAP LOGIN + SELECT INBOX, SMTP AUTH)")
 	fs.StringVar(&o.Password, "password", "", "password of --user")
-	fs.DurationVar(&o.Timeout, "timeout", 10*time.Second, "time limit per check")
+	fs.DurationVar(&o.Timeout, "timeout", probe.DefaultTimeout, "time limit of the whole probe (the checks run at once)")
 	asJSON := fs.Bool("json", false, "print the report as JSON")
 	positional, err := parseInterleaved(fs, args)
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"time"
 )
 
@@ -141,11 +142,8 @@ func (b *Backend) Dial(ctx context.Context, info ClientInfo) (net.Conn, error) {
 // probe is bounded by DefaultProbeTimeout.
 func (b *Backend) Probe(ctx context.Context) (ProbeResult, error) {
 	res := ProbeResult{Protocol: b.cfg.Protocol, Mode: b.cfg.Mode, Address: b.cfg.Address}
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, DefaultProbeTimeout)
-		defer cancel()
-	}
+	ctx, cancel := checkContext(ctx)
+	defer cancel()
 
 	var header []byte
 	if b.cfg.Mode == ModeProxy {
@@ -178,7 +176,7 @@ func (b *Backend) connect(ctx context.Context, header []byte) (net.Conn, error) 
 
 	conn, err := b.cfg.Dial(ctx, "tcp", b.cfg.Address)
 	if err != nil {
-		return nil, withContextErr(ctx, err)
+		return nil, WithContextErr(ctx, err)
 	}
 	// The deadline bounds the header write and the handshake even where a
 	// wrapped conn would not notice ctx.
@@ -200,23 +198,23 @@ func (b *Backend) connect(ctx context.Context, header []byte) (net.Conn, error) 
 	}
 	if err != nil {
 		conn.Close()
-		return nil, withContextErr(ctx, err)
+		return nil, WithContextErr(ctx, err)
 	}
 	return conn, nil
 }
 
-// withContextErr adds ctx's error to err when ctx is done, so that a timeout
+// WithContextErr adds ctx's error to err when ctx is done, so that a timeout
 // reads as "context deadline exceeded" rather than only as the I/O error it
-// caused, and errors.Is finds both. A conn deadline set to ctx's deadline
-// may fire a moment before ctx itself reports it, and go-imap flattens the
-// I/O error into text, so an error once the deadline has passed counts as
-// ctx's.
-func withContextErr(ctx context.Context, err error) error {
+// caused ("i/o timeout", which errors.Is already takes for it), and
+// errors.Is finds both. A conn deadline set to ctx's deadline may fire a
+// moment before ctx itself reports it, so an error once the deadline has
+// passed counts as ctx's.
+func WithContextErr(ctx context.Context, err error) error {
 	ctxErr := ctx.Err()
 	if d, ok := ctx.Deadline(); ok && ctxErr == nil && !time.Now().Before(d) {
 		ctxErr = context.DeadlineExceeded
 	}
-	if ctxErr == nil || errors.Is(err, ctxErr) {
+	if ctxErr == nil || errors.Is(err, ctxErr) && strings.Contains(err.Error(), ctxErr.Error()) {
 		return err
 	}
 	return fmt.Errorf("%w: %w", ctxErr, err)

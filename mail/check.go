@@ -2,15 +2,12 @@ package mail
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"slices"
 	"strings"
 	"time"
-
-	"github.com/emersion/go-imap/v2/imapclient"
-	"github.com/emersion/go-sasl"
-	"github.com/emersion/go-smtp"
 )
 
 // Credentials log a check in.
@@ -27,45 +24,59 @@ type CheckResult struct {
 
 // CheckIMAP speaks IMAP on conn: it waits for the greeting, asks for
 // CAPABILITY, with creds logs in (LOGIN, RFC 9051 §6.2.3) and selects INBOX,
-// then logs out. It takes conn over and closes it before returning; ctx
-// bounds every step. Errors name the step that failed ("imap LOGIN: ...").
+// then logs out. It takes conn over and closes it before returning. The
+// deadline of ctx (DefaultProbeTimeout when it has none) is set on conn and
+// bounds the whole check, whatever the server sends. Errors name the step
+// that failed ("imap LOGIN: ...").
 func CheckIMAP(ctx context.Context, conn net.Conn, creds *Credentials) (res CheckResult, err error) {
 	start := time.Now()
-	cc := newCheckConn(ctx, conn, 1, isIMAPLastLine)
-	client := imapclient.New(cc, nil)
-	defer func() {
-		client.Close() // stops the client's reader; the error is that of LOGOUT's BYE or of our own failure
-		cc.close()
-	}()
+	ctx, cancel := checkContext(ctx)
+	defer cancel()
 	step := func(name string, err error) error {
-		return fmt.Errorf("imap %s: %w", name, withContextErr(ctx, err))
+		return fmt.Errorf("imap %s: %w", name, WithContextErr(ctx, err))
 	}
+	cc, err := newCheckConn(ctx, conn, maxIMAPLine)
+	if err != nil {
+		conn.Close()
+		return res, step("greeting", err)
+	}
+	defer cc.close()
+	client := &imapChecker{conn: cc}
 
-	err = client.WaitGreeting()
-	res.Greeting, res.Latency = greeting(cc, start)
+	// The greeting (RFC 9051 §7.1): OK, PREAUTH or BYE.
+	line, err := cc.readLine()
 	if err != nil {
 		return res, step("greeting", err)
 	}
-	caps, err := client.Capability().Wait()
+	res.Greeting, res.Latency = line, time.Since(start)
+	greeting, err := parseIMAPGreeting(line)
+	if err == nil && greeting.status == "BYE" {
+		err = errors.New("the server refuses the connection")
+	}
+	if err != nil {
+		return res, step("greeting", fmt.Errorf("%s: %w", quoteLine(line), err))
+	}
+
+	caps, err := client.capability()
 	if err != nil {
 		return res, step("CAPABILITY", err)
 	}
-	for c := range caps {
-		res.Capabilities = append(res.Capabilities, string(c))
-	}
-	slices.Sort(res.Capabilities)
+	slices.Sort(caps)
+	res.Capabilities = slices.Compact(caps)
 
 	if creds != nil {
-		if err := client.Login(creds.User, creds.Password).Wait(); err != nil {
-			return res, step("LOGIN", err)
+		if greeting.status != "PREAUTH" { // PREAUTH: already authenticated (RFC 9051 §7.1.4)
+			if err := client.login(creds.User, creds.Password); err != nil {
+				return res, step("LOGIN", err)
+			}
 		}
-		selected, err := client.Select("INBOX", nil).Wait()
+		messages, err := client.selectInbox()
 		if err != nil {
 			return res, step("SELECT INBOX", err)
 		}
-		res.LoggedIn, res.Messages = true, selected.NumMessages
+		res.LoggedIn, res.Messages = true, messages
 	}
-	if err := client.Logout().Wait(); err != nil {
+	if err := client.logout(); err != nil {
 		return res, step("LOGOUT", err)
 	}
 	return res, nil
@@ -73,58 +84,63 @@ func CheckIMAP(ctx context.Context, conn net.Conn, creds *Credentials) (res Chec
 
 // CheckSMTP speaks SMTP on conn: it reads the greeting, sends EHLO heloHost,
 // with creds authenticates with AUTH PLAIN (RFC 4954, RFC 4616), then QUITs.
-// It takes conn over and closes it before returning; ctx bounds every step.
-// Errors name the step that failed ("smtp AUTH PLAIN: ...").
+// It takes conn over and closes it before returning. The deadline of ctx
+// (DefaultProbeTimeout when it has none) is set on conn and bounds the whole
+// check, whatever the server sends. Errors name the step that failed
+// ("smtp AUTH PLAIN: ...").
 func CheckSMTP(ctx context.Context, conn net.Conn, heloHost string, creds *Credentials) (res CheckResult, err error) {
 	start := time.Now()
-	cc := newCheckConn(ctx, conn, 2, isSMTPLastLine) // the greeting and the EHLO reply
-	client := smtp.NewClient(cc)
-	defer func() {
-		client.Close()
-		cc.close()
-	}()
+	ctx, cancel := checkContext(ctx)
+	defer cancel()
 	step := func(name string, err error) error {
-		return fmt.Errorf("smtp %s: %w", name, withContextErr(ctx, err))
+		return fmt.Errorf("smtp %s: %w", name, WithContextErr(ctx, err))
+	}
+	if heloHost == "" || strings.ContainsAny(heloHost, " \r\n") {
+		conn.Close()
+		return res, step("EHLO", fmt.Errorf("%q is not a host name for EHLO", heloHost))
+	}
+	cc, err := newCheckConn(ctx, conn, maxSMTPLine)
+	if err != nil {
+		conn.Close()
+		return res, step("greeting", err)
+	}
+	defer cc.close()
+
+	// The greeting: 220, or 554 for a server that refuses (RFC 5321 §4.3.1).
+	greeting, err := cc.readSMTPReply()
+	if err != nil {
+		return res, step("greeting", err)
+	}
+	res.Greeting, res.Latency = greeting.String(), time.Since(start)
+	if greeting.code != 220 {
+		return res, step("greeting", fmt.Errorf("the server refuses the connection: %s", quoteLine(res.Greeting)))
 	}
 
-	err = client.Hello(heloHost)
-	res.Greeting, res.Latency = greeting(cc, start)
+	ehlo, err := cc.smtpCommand("EHLO "+heloHost, 250)
+	if ehlo.code == 500 || ehlo.code == 502 {
+		// A server without ESMTP (RFC 5321 §3.2): HELO, and no extensions.
+		_, err = cc.smtpCommand("HELO "+heloHost, 250)
+	}
 	if err != nil {
-		// Hello reads the greeting and then sends EHLO.
-		if res.Greeting == "" || !strings.HasPrefix(res.Greeting, "220") {
-			return res, step("greeting", err)
-		}
 		return res, step("EHLO", err)
 	}
-	if replies, _ := cc.replies(); len(replies) > 1 {
-		// ehlo-ok-rsp: the first line greets, each further one is an
-		// ehlo-line, keyword and parameters (RFC 5321 §4.1.1.1).
-		for _, line := range replies[1][1:] {
-			if len(line) > 4 {
-				res.Capabilities = append(res.Capabilities, line[4:])
-			}
-		}
+	if ehlo.code == 250 {
+		res.Capabilities = ehloKeywords(ehlo)
 		slices.Sort(res.Capabilities)
 	}
 
 	if creds != nil {
-		if err := client.Auth(sasl.NewPlainClient("", creds.User, creds.Password)); err != nil {
+		auth, err := authPlain(creds.User, creds.Password)
+		if err == nil {
+			_, err = cc.smtpCommand(auth, 235)
+		}
+		if err != nil {
 			return res, step("AUTH PLAIN", err)
 		}
 		res.LoggedIn = true
 	}
-	if err := client.Quit(); err != nil {
+	if _, err := cc.smtpCommand("QUIT", 221); err != nil {
 		return res, step("QUIT", err)
 	}
 	return res, nil
-}
-
-// greeting returns the first reply cc saw, and how long after start it
-// arrived.
-func greeting(cc *checkConn, start time.Time) (string, time.Duration) {
-	replies, at := cc.replies()
-	if len(replies) == 0 {
-		return "", 0
-	}
-	return strings.Join(replies[0], "\n"), at.Sub(start)
 }

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"chatmail-edge/internal/testserver"
+
 	"github.com/pires/go-proxyproto"
 	"go.uber.org/zap/zaptest"
 )
@@ -108,31 +110,7 @@ func implicitTLS(cert tls.Certificate) func(net.Listener) net.Listener {
 // nil, like a hung daemon) and then stays silent.
 func scriptedServer(t *testing.T, greeting []byte) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var conns []net.Conn
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			conns = append(conns, conn)
-			conn.Write(greeting)
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		<-done
-		for _, conn := range conns {
-			conn.Close()
-		}
-	})
-	return ln.Addr().String()
+	return testserver.Serve(t, func(conn net.Conn) { conn.Write(greeting) })
 }
 
 // testContext is a context for one test step, bounded so that a hang fails

@@ -14,6 +14,8 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
+	"sync"
 	"time"
 
 	"chatmail-edge/mail"
@@ -32,7 +34,10 @@ type Options struct {
 	RootCAs  *x509.CertPool // nil: the system roots
 	User     string         // with Password: also log in / authenticate
 	Password string
-	Timeout  time.Duration // per check
+	// Timeout bounds the whole run (default 10 s): the ECH config fetch,
+	// then the checks, which run at once. It is set as a deadline on every
+	// connection, so no server can hold a check past it.
+	Timeout time.Duration
 }
 
 // Check is the outcome of one connection.
@@ -69,12 +74,17 @@ func (o *Options) host() string {
 
 func (o *Options) addr(port int) string { return net.JoinHostPort(o.host(), strconv.Itoa(port)) }
 
-// Run performs all checks; it never returns early, so the report shows
-// everything that does and does not work.
+// DefaultTimeout bounds a run whose Options give no Timeout.
+const DefaultTimeout = 10 * time.Second
+
+// Run performs all checks within opts.Timeout; it never stops at a failed
+// check, so the report shows everything that does and does not work.
 func Run(ctx context.Context, opts Options) Report {
 	if opts.Timeout <= 0 {
-		opts.Timeout = 10 * time.Second
+		opts.Timeout = DefaultTimeout
 	}
+	ctx, cancel := context.WithTimeout(ctx, opts.Timeout)
+	defer cancel()
 	r := Report{Domain: opts.Domain}
 	var echList []byte
 	switch opts.ECH {
@@ -100,15 +110,29 @@ func Run(ctx context.Context, opts Options) Report {
 	if opts.User != "" {
 		creds = &mail.Credentials{User: opts.User, Password: opts.Password}
 	}
-	r.Checks = append(r.Checks,
-		runCheck(ctx, &opts, "https", opts.HTTPSPort, []string{"h2", "http/1.1"}, echList, func(ctx context.Context, c *tls.Conn) (string, error) {
+	checks := []struct {
+		name  string
+		port  int
+		alpn  []string
+		speak func(context.Context, *tls.Conn) (string, error)
+	}{
+		{"https", opts.HTTPSPort, []string{"h2", "http/1.1"}, func(ctx context.Context, c *tls.Conn) (string, error) {
 			return checkHTTPS(ctx, &opts, c, echList)
-		}),
-		runCheck(ctx, &opts, "imap:"+strconv.Itoa(opts.IMAPSPort), opts.IMAPSPort, nil, echList, imapCheck(creds)),
-		runCheck(ctx, &opts, "imap:"+strconv.Itoa(opts.HTTPSPort), opts.HTTPSPort, []string{"imap"}, echList, imapCheck(creds)),
-		runCheck(ctx, &opts, "smtp:"+strconv.Itoa(opts.SMTPSPort), opts.SMTPSPort, nil, echList, smtpCheck(creds)),
-		runCheck(ctx, &opts, "smtp:"+strconv.Itoa(opts.HTTPSPort), opts.HTTPSPort, []string{"smtp"}, echList, smtpCheck(creds)),
-	)
+		}},
+		{"imap:" + strconv.Itoa(opts.IMAPSPort), opts.IMAPSPort, nil, imapCheck(creds)},
+		{"imap:" + strconv.Itoa(opts.HTTPSPort), opts.HTTPSPort, []string{"imap"}, imapCheck(creds)},
+		{"smtp:" + strconv.Itoa(opts.SMTPSPort), opts.SMTPSPort, nil, smtpCheck(creds)},
+		{"smtp:" + strconv.Itoa(opts.HTTPSPort), opts.HTTPSPort, []string{"smtp"}, smtpCheck(creds)},
+	}
+	// At once, so that each has the time left and a slow service does not
+	// take it from the others; the report keeps their order.
+	results := make([]Check, len(checks))
+	var wg sync.WaitGroup
+	for i, c := range checks {
+		wg.Go(func() { results[i] = runCheck(ctx, &opts, c.name, c.port, c.alpn, echList, c.speak) })
+	}
+	wg.Wait()
+	r.Checks = append(r.Checks, results...)
 	r.OK = true
 	for _, c := range r.Checks {
 		r.OK = r.OK && c.OK
@@ -117,27 +141,39 @@ func Run(ctx context.Context, opts Options) Report {
 }
 
 // dial opens a TLS connection as a Delta Chat client would: SNI = domain,
-// the given ALPN, and ECH when a config list is given.
+// the given ALPN, and ECH when a config list is given. The deadline of ctx
+// is set on the connection first: it bounds the handshake and everything
+// after it, whatever the server does.
 func dial(ctx context.Context, opts *Options, port int, alpn []string, echList []byte) (*tls.Conn, error) {
-	d := tls.Dialer{Config: &tls.Config{
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		return nil, errors.New("dial without a deadline") // a bug of ours: Run sets one
+	}
+	raw, err := (&net.Dialer{Deadline: deadline}).DialContext(ctx, "tcp", opts.addr(port))
+	if err != nil {
+		return nil, fmt.Errorf("connect: %w", mail.WithContextErr(ctx, err))
+	}
+	if err := raw.SetDeadline(deadline); err != nil {
+		raw.Close()
+		return nil, fmt.Errorf("connect: %w", mail.WithContextErr(ctx, err))
+	}
+	c := tls.Client(raw, &tls.Config{
 		ServerName:                     opts.Domain,
 		RootCAs:                        opts.RootCAs,
 		NextProtos:                     alpn,
 		EncryptedClientHelloConfigList: echList,
-	}}
-	c, err := d.DialContext(ctx, "tcp", opts.addr(port))
-	if err != nil {
+	})
+	if err := c.HandshakeContext(ctx); err != nil {
+		raw.Close()
 		if rej, ok := errors.AsType[*tls.ECHRejectionError](err); ok {
-			return nil, fmt.Errorf("ECH rejected by the server (it offered %d bytes of retry configs: the config used is stale)", len(rej.RetryConfigList))
+			return nil, fmt.Errorf("TLS handshake: ECH rejected by the server (it offered %d bytes of retry configs: the config used is stale)", len(rej.RetryConfigList))
 		}
-		return nil, err
+		return nil, fmt.Errorf("TLS handshake: %w", mail.WithContextErr(ctx, err))
 	}
-	return c.(*tls.Conn), nil
+	return c, nil
 }
 
 func runCheck(ctx context.Context, opts *Options, name string, port int, alpn []string, echList []byte, speak func(context.Context, *tls.Conn) (string, error)) (check Check) {
-	ctx, cancel := context.WithTimeout(ctx, opts.Timeout)
-	defer cancel()
 	check = Check{Name: name, Address: opts.addr(port), ECH: "off", ServerName: opts.Domain}
 	start := time.Now()
 	defer func() { check.LatencyMS = float64(time.Since(start).Microseconds()) / 1000 }()
@@ -195,10 +231,13 @@ func smtpCheck(creds *mail.Credentials) func(context.Context, *tls.Conn) (string
 	}
 }
 
+// maxGreetingShown bounds the greeting shown as a check's detail.
+const maxGreetingShown = 60
+
 func describeMailCheck(res mail.CheckResult, creds *mail.Credentials, mailbox string) string {
-	d := res.Greeting
-	if len(d) > 60 {
-		d = d[:60] + "..."
+	d := printable(res.Greeting)
+	if len(d) > maxGreetingShown {
+		d = d[:maxGreetingShown] + "..."
 	}
 	if creds != nil && res.LoggedIn {
 		d = "logged in as " + creds.User
@@ -253,7 +292,7 @@ func getOriginSVCB(ctx context.Context, opts *Options, c *tls.Conn) ([]byte, err
 	}
 	resp, err := tr.RoundTrip(req)
 	if err != nil {
-		return nil, fmt.Errorf("GET /.well-known/origin-svcb: %w", err)
+		return nil, fmt.Errorf("GET /.well-known/origin-svcb: %w", mail.WithContextErr(ctx, err))
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
@@ -267,7 +306,7 @@ func getOriginSVCB(ctx context.Context, opts *Options, c *tls.Conn) ([]byte, err
 		} `json:"endpoints"`
 	}
 	if err := json.NewDecoder(http.MaxBytesReader(nil, resp.Body, 64<<10)).Decode(&doc); err != nil {
-		return nil, fmt.Errorf("parse /.well-known/origin-svcb: %w", err)
+		return nil, fmt.Errorf("parse /.well-known/origin-svcb: %w", mail.WithContextErr(ctx, err))
 	}
 	if len(doc.Endpoints) == 0 || doc.Endpoints[0].Params.ECH == "" {
 		return nil, errors.New("/.well-known/origin-svcb has no ech parameter")
@@ -277,4 +316,19 @@ func getOriginSVCB(ctx context.Context, opts *Options, c *tls.Conn) ([]byte, err
 		return nil, fmt.Errorf("/.well-known/origin-svcb: ech is not base64: %w", err)
 	}
 	return list, nil
+}
+
+// printable makes a server's text safe for a terminal: the line breaks of a
+// multi-line reply become spaces, and what could start a control sequence
+// (every other byte outside printable ASCII) becomes "?".
+func printable(s string) string {
+	return strings.Map(func(r rune) rune {
+		switch {
+		case r == '\n':
+			return ' '
+		case r < ' ' || r > '~':
+			return '?'
+		}
+		return r
+	}, s)
 }

@@ -2,14 +2,23 @@ package web
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"time"
 
 	"go.uber.org/zap"
 )
 
-// probeTimeout bounds one health check.
-const probeTimeout = 10 * time.Second
+const (
+	// probeTimeout bounds one health check: Run's context ends then.
+	probeTimeout = 10 * time.Second
+	// probeGrace is how long after probeTimeout a round waits for a Run
+	// that ignores its context. Then the probe counts as down and the round
+	// goes on; no second Run of the probe starts while the stuck one has not
+	// returned. A stuck check holds one goroutine, never a round or
+	// shutdown.
+	probeGrace = 2 * time.Second
+)
 
 // Probe checks one service the relay depends on.
 type Probe struct {
@@ -32,14 +41,25 @@ type ProbeResult struct {
 
 // health runs the probes periodically and keeps their latest results.
 type health struct {
-	probes []Probe
-	log    *zap.Logger
-	mu     sync.Mutex
-	last   []ProbeResult // index as probes
+	probes         []Probe
+	log            *zap.Logger
+	timeout, grace time.Duration // probeTimeout, probeGrace
+	mu             sync.Mutex
+	last           []ProbeResult // index as probes
+	flights        []*flight     // the Run of each probe under way, or nil
+}
+
+// flight is one Run of a probe under way. Rounds that start while it runs
+// wait for it instead of starting another.
+type flight struct {
+	started time.Time
+	done    chan struct{} // closed once Run has returned and its result is recorded
+	stuck   bool          // counted as down for not returning in time; under health.mu
 }
 
 func newHealth(probes []Probe, log *zap.Logger) *health {
-	h := &health{probes: probes, log: log.Named("health"), last: make([]ProbeResult, len(probes))}
+	h := &health{probes: probes, log: log.Named("health"), timeout: probeTimeout, grace: probeGrace,
+		last: make([]ProbeResult, len(probes)), flights: make([]*flight, len(probes))}
 	for i, p := range probes {
 		h.last[i] = ProbeResult{Name: p.Name, Target: p.Target}
 	}
@@ -57,14 +77,17 @@ func (s *Server) probes() []Probe {
 	return probes
 }
 
-// CheckHealth runs every probe now, at once, and returns when all are done.
+// CheckHealth runs every probe now, at once, and returns when all are done,
+// when ctx is, or when the bound of a round has passed (probeTimeout plus
+// probeGrace; a probe whose Run has not returned by then counts as down).
 func (s *Server) CheckHealth(ctx context.Context) { s.health.runAll(ctx) }
 
 // Health returns the latest probe results.
 func (s *Server) Health() []ProbeResult { return s.health.results() }
 
 // WatchHealth checks health now and then every ProbeInterval until stop is
-// closed.
+// closed. It returns as soon as stop is closed, without waiting for the
+// probes under way: their context ends, and what they find is dropped.
 func (s *Server) WatchHealth(stop <-chan struct{}) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -84,26 +107,73 @@ func (s *Server) WatchHealth(stop <-chan struct{}) {
 	}
 }
 
+// runAll runs one round: it starts every probe that is not under way, each
+// in a goroutine of its own, and waits for all until ctx is done or until
+// probeTimeout plus probeGrace after each one's start, never longer.
 func (h *health) runAll(ctx context.Context) {
-	var wg sync.WaitGroup
-	for i, p := range h.probes {
-		wg.Go(func() {
-			pctx, cancel := context.WithTimeout(ctx, probeTimeout)
-			defer cancel()
-			start := time.Now()
-			err := p.Run(pctx)
-			if ctx.Err() != nil {
-				return // shutting down: not the service's fault
-			}
-			h.record(i, start, time.Since(start), err)
-		})
+	flights := make([]*flight, len(h.probes))
+	for i := range h.probes {
+		flights[i] = h.launch(ctx, i)
 	}
-	wg.Wait()
+	for i, f := range flights {
+		bound := time.NewTimer(time.Until(f.started.Add(h.timeout + h.grace)))
+		select {
+		case <-f.done:
+		case <-bound.C:
+			h.markStuck(ctx, i, f)
+		case <-ctx.Done():
+		}
+		bound.Stop()
+		if ctx.Err() != nil {
+			return
+		}
+	}
 }
 
-func (h *health) record(i int, at time.Time, latency time.Duration, err error) {
+// launch starts a Run of probe i under ctx, or returns the one under way.
+func (h *health) launch(ctx context.Context, i int) *flight {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if f := h.flights[i]; f != nil {
+		return f
+	}
+	f := &flight{started: time.Now(), done: make(chan struct{})}
+	h.flights[i] = f
+	go func() {
+		defer close(f.done)
+		pctx, cancel := context.WithTimeout(ctx, h.timeout)
+		defer cancel()
+		err := h.probes[i].Run(pctx)
+		latency := time.Since(f.started)
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		h.flights[i] = nil
+		// Shutting down is not the service's fault; a result too late was
+		// counted already.
+		if ctx.Err() == nil && !f.stuck {
+			h.recordLocked(i, f.started, latency, err)
+		}
+	}()
+	return f
+}
+
+// markStuck counts probe i as down when f, its Run, has not returned.
+func (h *health) markStuck(ctx context.Context, i int, f *flight) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.flights[i] != f || ctx.Err() != nil {
+		return // it returned just now, or shutting down
+	}
+	err := fmt.Errorf("no result within %v: the check did not return", h.timeout+h.grace)
+	if f.stuck {
+		err = fmt.Errorf("the check started %s has not returned yet", f.started.UTC().Format(time.RFC3339))
+	}
+	f.stuck = true
+	h.recordLocked(i, time.Now(), time.Since(f.started), err)
+}
+
+// recordLocked keeps the outcome of a check of probe i; h.mu is held.
+func (h *health) recordLocked(i int, at time.Time, latency time.Duration, err error) {
 	r := &h.last[i]
 	wasUp, checked := r.Up, !r.Checked.IsZero()
 	r.Checked, r.Latency, r.Up, r.Error = at, latency, err == nil, ""
