@@ -222,6 +222,8 @@ func TestLiteralAnnounced(t *testing.T) {
 // quiet a stream that has half a line.
 func FuzzSessionWatch(f *testing.F) {
 	f.Add(true, "* OK ready\r\n", "a1 LOGIN x y\r\n", uint64(1))
+	f.Add(true, "* OK ready\r\n* BYE Server shutting down.\r\n", "", uint64(5))
+	f.Add(true, "* 1 EXISTS\r\nxx* BYE not at a line start\r\n* BYE", "a IDLE\r\n", uint64(6))
 	f.Add(true, "* 1 FETCH (BODY[] {5}\r\nhello)\r\na1 OK\r\n", "a1 FETCH 1 BODY[]\r\n", uint64(2))
 	f.Add(false, "220 x\r\n250 ok\r\n354 go\r\n250 q\r\n", "MAIL FROM:<a>\r\nDATA\r\nbody\r\n.\r\n", uint64(3))
 	f.Add(false, "220 x\r\n250 ok\r\n250 ok\r\n", "MAIL FROM:<a>\r\nBDAT 3 LAST\r\nabc", uint64(4))
@@ -251,6 +253,18 @@ func FuzzSessionWatch(f *testing.F) {
 		}
 		if whole.quiet() && (!endsLine(fromServer) || !endsLine(fromClient)) {
 			t.Fatal("quiet with half a line in flight")
+		}
+		// Without literals, the server said BYE exactly when one of its
+		// whole lines starts with "* BYE " (the reference).
+		if imap && !strings.Contains(fromServer, "{") {
+			lines := strings.SplitAfter(fromServer, "\n")
+			want := false
+			for _, l := range lines {
+				want = want || strings.HasSuffix(l, "\n") && strings.HasPrefix(l, "* BYE ")
+			}
+			if got := whole.serverSaidBye(); got != want {
+				t.Fatalf("serverSaidBye %v, the reference says %v", got, want)
+			}
 		}
 	})
 }
