@@ -197,16 +197,51 @@ func (e *Edge) addrStrings() []string {
 	return out
 }
 
+// drainCheckInterval is how often Drain looks whether the last session has
+// ended.
+const drainCheckInterval = 50 * time.Millisecond
+
+// Drain stops accepting and lets the established sessions go on until they
+// have all ended or ctx is done, then shuts down (see Shutdown). It is what
+// an upgrade does in the process being replaced, whose listening sockets
+// another process keeps accepting on, and what a stop does before it closes
+// what remains.
+func (e *Edge) Drain(ctx context.Context) {
+	defer e.Shutdown()
+	e.closeListeners()
+	t := time.NewTicker(drainCheckInterval)
+	defer t.Stop()
+	for !e.drained() {
+		select {
+		case <-ctx.Done():
+			return
+		case <-e.stop: // shut down meanwhile
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (e *Edge) drained() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return len(e.sessions) == 0 && len(e.pending) == 0
+}
+
+func (e *Edge) closeListeners() {
+	for _, l := range e.listeners {
+		if l.ln != nil {
+			l.ln.Close()
+		}
+	}
+}
+
 // Shutdown stops accepting, then closes every connection the edge still owns
 // (IMAP and SMTP clients reconnect; HTTP connections belong to the web server).
 func (e *Edge) Shutdown() {
 	e.stopOnce.Do(func() {
 		close(e.stop)
-		for _, l := range e.listeners {
-			if l.ln != nil {
-				l.ln.Close()
-			}
-		}
+		e.closeListeners()
 		e.http.Close()
 		e.mu.Lock()
 		pending := make([]*pendingConn, 0, len(e.pending))

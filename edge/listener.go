@@ -33,6 +33,10 @@ func newListener(e *Edge, lc ListenerConfig) *listener {
 const noKeepAlive = -1
 
 func (l *listener) listen() error {
+	if l.cfg.Listener != nil {
+		l.ln = l.cfg.Listener
+		return nil
+	}
 	lc := net.ListenConfig{KeepAlive: noKeepAlive}
 	ln, err := lc.Listen(context.Background(), "tcp", l.cfg.Address)
 	if err != nil {
@@ -62,6 +66,11 @@ func (l *listener) acceptLoop() {
 			continue
 		}
 		backoff = 0
+		if l.cfg.Listener != nil {
+			// A listener made from an inherited descriptor (net.FileListener)
+			// has Go's default keepalive; turn it off as listen does.
+			_ = c.SetKeepAlive(false)
+		}
 		l.e.admit(l, c)
 	}
 }
