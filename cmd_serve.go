@@ -22,26 +22,59 @@ func cmdServe(args []string, stdout, stderr io.Writer) error {
 	// SIGHUP is caught from the very start, before its default action
 	// (ending the process) can hit a starting edge; one that comes during
 	// the start is taken once the edge is ready. It stays caught until the
-	// process exits, so one during shutdown is ignored.
+	// process exits, so one during shutdown is ignored. SIGUSR2 (an upgrade)
+	// likewise.
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
+	usr2 := make(chan os.Signal, 1)
+	signal.Notify(usr2, syscall.SIGUSR2)
 	s, log, err := loadCommand(newFlagSet("serve", stderr, "serve [flags]"), args, stderr)
 	if err != nil {
 		return err
 	}
 	defer log.Sync()
+	notify := newNotifier(os.Getenv)
+	socks, err := newSockets(log, notify, os.Getenv, true)
+	if err != nil {
+		return err
+	}
+	defer socks.stop()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// A stop cancels an upgrade in progress (its new process is killed).
+	defer context.AfterFunc(ctx, socks.stop)()
+	upgrades := make(chan *upgradeRequest)
+	go upgradeOnSignal(ctx, log, usr2, upgrades)
 	go keepGCFloor(ctx, log)
 	return serve(ctx, s, log, serveLoop{
 		load: func() (*settings, error) {
 			return parseConfigFlags(newFlagSet("serve", io.Discard, "serve [flags]"), args)
 		},
-		reload: hup,
-		notify: newNotifier(os.Getenv),
-		ready:  func(e *servingEdge) { go keepProcs(ctx, log, e.edge.HandshakeBacklog) },
+		reload:   hup,
+		notify:   notify,
+		sockets:  socks,
+		upgrades: upgrades,
+		ready:    func(e *servingEdge) { go keepProcs(ctx, log, e.edge.HandshakeBacklog) },
 	})
+}
+
+// upgradeOnSignal turns each SIGUSR2 into an upgrade request, for
+// `systemctl kill -s USR2 chatmail-edge`; its outcome is in the log.
+func upgradeOnSignal(ctx context.Context, log *zap.Logger, sig <-chan os.Signal, upgrades chan<- *upgradeRequest) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-sig:
+			log.Info("SIGUSR2: upgrading")
+			select {
+			case upgrades <- newUpgradeRequest():
+			case <-ctx.Done():
+				return
+			}
+		}
+	}
 }
 
 // serveLoop is what serve reacts to besides the end of its context.
@@ -49,6 +82,12 @@ type serveLoop struct {
 	load   func() (*settings, error) // reads the configuration again, for a reload
 	reload <-chan os.Signal          // SIGHUP
 	notify notifier
+	// sockets, if set, opens the listeners, hands them on at an upgrade and
+	// lends them to systemd for a restart; nil listens anew.
+	sockets *sockets
+	// upgrades are requests to hand the sockets to a new process (SIGUSR2
+	// and the control socket); they need sockets.
+	upgrades chan *upgradeRequest
 	// ready, if set, runs once the edge serves (tests reach the edge
 	// through it).
 	ready func(*servingEdge)
@@ -57,23 +96,45 @@ type serveLoop struct {
 // statusInterval is how often the STATUS= line for systemd is refreshed.
 const statusInterval = 30 * time.Second
 
-// serve runs the edge until ctx ends and reloads it on every SIGHUP,
-// telling systemd about each step (sd_notify(3)): READY=1 once the
-// listeners accept and the certificates are loaded; RELOADING=1 then
-// READY=1 around a reload, a refused one included; STOPPING=1 at the end.
+// serve runs the edge until ctx ends or an upgrade hands it over, and
+// reloads it on every SIGHUP, telling systemd about each step
+// (sd_notify(3)): READY=1 once the listeners accept and the certificates
+// are loaded; RELOADING=1 then READY=1 around a reload, a refused one
+// included; STOPPING=1 at the end. After an upgrade the new process is the
+// unit's main process and this one tells systemd nothing more.
 func serve(ctx context.Context, s *settings, log *zap.Logger, loop serveLoop) error {
 	notify := func(assignments ...string) {
 		if err := loop.notify.send(assignments...); err != nil {
 			log.Warn("cannot notify systemd", zap.Error(err))
 		}
 	}
-	e, err := startServe(ctx, s, log, nil)
+	var listen func(name, addr string) (*net.TCPListener, error)
+	if loop.sockets != nil {
+		listen = loop.sockets.listenTCP
+	}
+	e, err := startServe(ctx, s, log, listen, nil)
 	if err != nil {
 		notify(status("start failed: %v", err))
 		return err
 	}
+	drainTimeout := s.DrainTimeout
+	var control *controlServer
+	if loop.sockets != nil && s.ControlSocket != "" {
+		ln, err := loop.sockets.listenUnix(s.ControlSocket)
+		if err != nil {
+			notify(status("start failed: %v", err))
+			e.shutdown()
+			return err
+		}
+		control = serveControl(ln, log.Named("control"), loop.upgrades)
+		defer control.stop()
+	}
 	restart := []string(nil) // settings changed since the start that wait for a restart
-	notify("READY=1", e.status(restart))
+	if loop.sockets != nil {
+		loop.sockets.ready(e.status(restart))
+	} else {
+		notify("READY=1", e.status(restart))
+	}
 	if loop.ready != nil {
 		loop.ready(e)
 	}
@@ -87,8 +148,27 @@ func serve(ctx context.Context, s *settings, log *zap.Logger, loop serveLoop) er
 		select {
 		case <-ctx.Done():
 			notify("STOPPING=1", status("stopping"))
-			log.Info("stopping")
-			e.shutdown()
+			log.Info("stopping: draining the sessions", zap.Duration("drain_timeout", drainTimeout))
+			e.drain(drainTimeout)
+			return nil
+		case req := <-loop.upgrades:
+			log.Info("upgrading: starting the binary again with the listening sockets")
+			if err := loop.sockets.upgrade(); err != nil {
+				log.Error("upgrade failed; this process goes on serving", zap.Error(err))
+				notify(status("upgrade failed, the running process goes on serving: %v", err))
+				req.done <- err
+				continue
+			}
+			snap := e.edge.Snapshot()
+			req.result = fmt.Sprintf("a new process serves; the old one (pid %d) drains its %d connections for up to %v",
+				os.Getpid(), snap.ActiveSessions+snap.Pending, drainTimeout)
+			log.Info("upgraded: "+req.result, zap.Duration("drain_timeout", drainTimeout))
+			if control != nil {
+				control.close()
+			}
+			req.done <- nil
+			e.drain(drainTimeout)
+			log.Info("drained; exiting")
 			return nil
 		case <-loop.reload:
 			log.Info("reloading the configuration")
@@ -100,6 +180,7 @@ func serve(ctx context.Context, s *settings, log *zap.Logger, loop serveLoop) er
 				continue
 			}
 			restart = changed
+			drainTimeout = e.drainTimeout()
 			notify("READY=1", e.status(restart))
 		case <-tick:
 			notify(e.status(restart))

@@ -37,6 +37,8 @@ type settings struct {
 	BackendTimeout   time.Duration
 	MaxConnections   int
 	MaxHandshakes    int
+	DrainTimeout     time.Duration
+	ControlSocket    string
 	LogLevel         string
 
 	// [ech]
@@ -152,6 +154,18 @@ var coreOptions = []option{
 		positive(func(s *settings) *int { return &s.MaxConnections })},
 	{"edge", "max_handshakes", "256", "TLS handshakes running at once; more wait in line, so a reconnect storm queues instead of thrashing.",
 		positive(func(s *settings) *int { return &s.MaxHandshakes })},
+	{"edge", "drain_timeout", "30s", "How long established IMAP and SMTP sessions may go on after the edge stopped accepting: in the old process after an upgrade (the new one accepts meanwhile) and at a stop or restart; what remains is closed then. At most 1h; a stop waits for it, so the unit's TimeoutStopSec (90s) must stay above it.",
+		func(s *settings, v string) error {
+			if err := duration(func(s *settings) *time.Duration { return &s.DrainTimeout })(s, v); err != nil {
+				return err
+			}
+			if s.DrainTimeout > maxDrainTimeout {
+				return fmt.Errorf("at most %v, got %v", maxDrainTimeout, s.DrainTimeout)
+			}
+			return nil
+		}},
+	{"edge", "control_socket", "/run/chatmail-edge/control", "Unix socket (0600) on which `chatmail-edge upgrade` asks the running edge to hand its sockets to a new process of the binary. Empty: no upgrades that way (SIGUSR2 still starts one).",
+		str(func(s *settings) *string { return &s.ControlSocket })},
 	{"edge", "log_level", "info", "debug, info, warn or error.",
 		func(s *settings, v string) error {
 			if _, err := newLogger(nil, v); err != nil {
@@ -179,6 +193,9 @@ var coreOptions = []option{
 	{"tls", "key", "", "PEM private key of cert.",
 		str(func(s *settings) *string { return &s.TLSKey })},
 }
+
+// maxDrainTimeout bounds [edge] drain_timeout.
+const maxDrainTimeout = time.Hour
 
 // loadSettings reads the edge's file (missing is fine unless required) and
 // then chatmail.ini. Errors name the file and line.
