@@ -117,7 +117,6 @@ func serve(ctx context.Context, s *settings, log *zap.Logger, loop serveLoop) er
 		notify(status("start failed: %v", err))
 		return err
 	}
-	drainTimeout := s.DrainTimeout
 	var control *controlServer
 	if loop.sockets != nil && s.ControlSocket != "" {
 		ln, err := loop.sockets.listenUnix(s.ControlSocket)
@@ -148,8 +147,8 @@ func serve(ctx context.Context, s *settings, log *zap.Logger, loop serveLoop) er
 		select {
 		case <-ctx.Done():
 			notify("STOPPING=1", status("stopping"))
-			log.Info("stopping: draining the sessions", zap.Duration("drain_timeout", drainTimeout))
-			e.drain(drainTimeout)
+			log.Info("stopping: draining the sessions", zap.Duration("drain_timeout", e.drainTimeout()))
+			e.drain(e.drainTimeout())
 			return nil
 		case req := <-loop.upgrades:
 			log.Info("upgrading: starting the binary again with the listening sockets")
@@ -159,6 +158,9 @@ func serve(ctx context.Context, s *settings, log *zap.Logger, loop serveLoop) er
 				req.done <- err
 				continue
 			}
+			// From here on the new process is the unit's main process: this
+			// one tells systemd nothing more (a STOPPING=1 would stop the unit).
+			drainTimeout := e.drainTimeout()
 			snap := e.edge.Snapshot()
 			req.result = fmt.Sprintf("a new process serves; the old one (pid %d) drains its %d connections for up to %v",
 				os.Getpid(), snap.ActiveSessions+snap.Pending, drainTimeout)
@@ -180,7 +182,6 @@ func serve(ctx context.Context, s *settings, log *zap.Logger, loop serveLoop) er
 				continue
 			}
 			restart = changed
-			drainTimeout = e.drainTimeout()
 			notify("READY=1", e.status(restart))
 		case <-tick:
 			notify(e.status(restart))

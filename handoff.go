@@ -264,10 +264,18 @@ func (s *sockets) upgrade() error {
 	if s.upg == nil {
 		return errors.New("this process cannot be upgraded")
 	}
-	if err := s.upg.Upgrade(); err != nil {
-		return fmt.Errorf("new process: %w (its own log lines say why)", err)
+	err := s.upg.Upgrade()
+	switch {
+	case err == nil:
+		return nil
+	// tableflip's words (its errors have no types) for what is not a
+	// failure of the new process.
+	case err.Error() == "parent hasn't exited":
+		return fmt.Errorf("the process this one replaced is still draining its sessions (up to [edge] drain_timeout); upgrade again once it has exited")
+	case err.Error() == "upgrade in progress":
+		return fmt.Errorf("another upgrade is in progress")
 	}
-	return nil
+	return fmt.Errorf("new process: %w (its own log lines say why)", err)
 }
 
 // stop ends the sockets' use for upgrades: an upgrade in progress is

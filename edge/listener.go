@@ -67,8 +67,9 @@ func (l *listener) acceptLoop() {
 		}
 		backoff = 0
 		if l.cfg.Listener != nil {
-			// A listener made from an inherited descriptor (net.FileListener)
-			// has Go's default keepalive; turn it off as listen does.
+			// A given listener may come from net.FileListener (inherited),
+			// which turns Go's default keepalive on for what it accepts; off
+			// again, as listen has it (one setsockopt).
 			_ = c.SetKeepAlive(false)
 		}
 		l.e.admit(l, c)
