@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -34,7 +35,7 @@ func cmdServe(args []string, stdout, stderr io.Writer) error {
 	}
 	defer log.Sync()
 	notify := newNotifier(os.Getenv)
-	socks, err := newSockets(log, notify, os.Getenv, true)
+	socks, err := newSockets(log, notify, os.Getenv, filepath.Join(s.StateDir, pidFileName))
 	if err != nil {
 		return err
 	}
@@ -58,6 +59,10 @@ func cmdServe(args []string, stdout, stderr io.Writer) error {
 		ready:    func(e *servingEdge) { go keepProcs(ctx, log, e.edge.HandshakeBacklog) },
 	})
 }
+
+// pidFileName, in state_dir, holds the PID of the process that serves,
+// written when it is ready.
+const pidFileName = "serve.pid"
 
 // upgradeOnSignal turns each SIGUSR2 into an upgrade request, for
 // `systemctl kill -s USR2 chatmail-edge`; its outcome is in the log.

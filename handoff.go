@@ -34,6 +34,9 @@ type sockets struct {
 	log    *zap.Logger
 	notify notifier
 	upg    *tableflip.Upgrader // nil: this process cannot be upgraded
+	// pidFile is where a ready process writes its PID (tableflip): the
+	// replaced one learns its successor's there.
+	pidFile string
 
 	kept   map[string]*os.File         // passed by systemd, by name; taken ones are removed
 	served map[string]*net.TCPListener // what this process listens on, by name, for the fd store
@@ -48,18 +51,20 @@ const upgradeTimeout = 5 * time.Minute
 // barrierTimeout bounds the wait for systemd to take in the new main PID.
 const barrierTimeout = 10 * time.Second
 
-// newSockets prepares the process's sockets. upgradable makes it able to
-// hand them to a new process (only one per process can: tableflip's
-// Upgrader is process-wide).
-func newSockets(log *zap.Logger, notify notifier, getenv func(string) string, upgradable bool) (*sockets, error) {
-	s := &sockets{log: log, notify: notify, served: map[string]*net.TCPListener{}}
+// newSockets prepares the process's sockets. A pidFile makes it able to
+// hand them to a new process, which writes its PID there before it reports
+// ready (only one per process can: tableflip's Upgrader is process-wide);
+// "" cannot.
+func newSockets(log *zap.Logger, notify notifier, getenv func(string) string, pidFile string) (*sockets, error) {
+	s := &sockets{log: log, notify: notify, served: map[string]*net.TCPListener{}, pidFile: pidFile}
 	var err error
 	if s.kept, err = listenFDs(getenv); err != nil {
 		return nil, err
 	}
-	if upgradable {
+	if pidFile != "" {
 		s.upg, err = tableflip.New(tableflip.Options{
 			UpgradeTimeout: upgradeTimeout,
+			PIDFile:        pidFile,
 			ListenConfig:   &net.ListenConfig{KeepAlive: -1},
 		})
 		if err != nil {
@@ -252,6 +257,27 @@ func (s *sockets) store() {
 	}
 }
 
+// handOverMainPID tells systemd that the process in the PID file is the
+// main one now, and waits until systemd has taken it in.
+func (s *sockets) handOverMainPID() {
+	data, err := os.ReadFile(s.pidFile)
+	pid := 0
+	if err == nil {
+		pid, err = strconv.Atoi(strings.TrimSpace(string(data)))
+	}
+	if err != nil || pid <= 0 || pid == os.Getpid() {
+		s.log.Warn("the new process's PID is unknown; systemd learns it from the new process only", zap.String("pid_file", s.pidFile), zap.Error(err))
+		return
+	}
+	if err := s.notify.send("MAINPID=" + strconv.Itoa(pid)); err != nil {
+		s.log.Warn("cannot notify systemd", zap.Error(err))
+		return
+	}
+	if err := s.notify.barrier(barrierTimeout); err != nil {
+		s.log.Warn("systemd may not know the new main process yet", zap.Error(err))
+	}
+}
+
 func (s *sockets) storeRemove(name string) {
 	if err := s.notify.send("FDSTOREREMOVE=1", "FDNAME="+name); err != nil {
 		s.log.Warn("cannot remove a socket from systemd's fd store", zap.String("listener", name), zap.Error(err))
@@ -260,6 +286,10 @@ func (s *sockets) storeRemove(name string) {
 
 // upgrade starts the binary again with the sockets and waits until the new
 // process is ready (nil) or failed: then this process goes on serving.
+// Once it is ready this process, still the unit's main process, names it
+// as the new one (MAINPID=): so that systemd follows it even when the unit
+// allows notifications from the main process only (NotifyAccess=main, as
+// before upgrades existed), which drops the new process's own MAINPID=.
 func (s *sockets) upgrade() error {
 	if s.upg == nil {
 		return errors.New("this process cannot be upgraded")
@@ -267,6 +297,7 @@ func (s *sockets) upgrade() error {
 	err := s.upg.Upgrade()
 	switch {
 	case err == nil:
+		s.handOverMainPID()
 		return nil
 	// tableflip's words (its errors have no types) for what is not a
 	// failure of the new process.

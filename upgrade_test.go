@@ -54,9 +54,16 @@ func TestServeProcessLifecycle(t *testing.T) {
 	t.Run("upgrade", func(t *testing.T) { testUpgrade(t, bin) })
 	t.Run("failed upgrade", func(t *testing.T) { testFailedUpgrade(t, bin) })
 	t.Run("restart", func(t *testing.T) { testRestart(t, bin) })
+	t.Run("upgrade under an older unit", func(t *testing.T) { testUpgradeNotifyAccessMain(t, bin) })
 }
 
 func startProcessEnv(t *testing.T, bin string) *processEnv {
+	t.Helper()
+	return startProcessEnvUnit(t, bin, servicemanager.Unit{})
+}
+
+// startProcessEnvUnit runs the binary under a unit with unit's settings.
+func startProcessEnvUnit(t *testing.T, bin string, unit servicemanager.Unit) *processEnv {
 	t.Helper()
 	env, roots := newReloadFiles(t)
 	// Its own copy of the binary, which the test may replace.
@@ -64,7 +71,8 @@ func startProcessEnv(t *testing.T, bin string) *processEnv {
 	servicemanager.Replace(t, own, bin)
 	pe := &processEnv{reloadEnv: env, bin: own, built: bin, roots: roots, log: &syncBuffer{}, addr: map[string]string{}}
 	env.writeConfig(t, pe.extraConfig(""))
-	pe.m = servicemanager.New(t, servicemanager.Unit{Binary: own, Args: []string{"serve", "--config", env.config}, Stderr: pe.log})
+	unit.Binary, unit.Args, unit.Stderr = own, []string{"serve", "--config", env.config}, pe.log
+	pe.m = servicemanager.New(t, unit)
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("the edge's log:\n%s", pe.log.String())
@@ -314,6 +322,31 @@ func testUpgrade(t *testing.T, bin string) {
 	}
 	if err := pe.greeting(); err != nil {
 		t.Fatalf("after the second upgrade: %v", err)
+	}
+}
+
+// Under a unit that takes notifications from the main process only (one
+// written before upgrades existed) the new process's own MAINPID= is
+// dropped; the old process, still the main one, names it, so systemd never
+// sees its main process exit.
+func testUpgradeNotifyAccessMain(t *testing.T, bin string) {
+	pe := startProcessEnvUnit(t, bin, servicemanager.Unit{NotifyAccessMain: true})
+	old := pe.m.MainPID()
+	if out, err := pe.upgradeCommand(); err != nil {
+		t.Fatalf("upgrade: %v\n%s", err, out)
+	}
+	pid, err := pe.m.WaitNewMain(old, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pe.m.WaitExit(old, processDrainTimeout+10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := pe.greeting(); err != nil {
+		t.Fatalf("after the upgrade: %v", err)
+	}
+	if pe.m.MainPID() != pid {
+		t.Fatalf("main process %d, want %d", pe.m.MainPID(), pid)
 	}
 }
 

@@ -35,6 +35,9 @@ type Unit struct {
 	Binary string
 	Args   []string
 	Stderr io.Writer // the journal; nil discards
+	// NotifyAccessMain takes messages from the main process only
+	// (NotifyAccess=main); the default is NotifyAccess=all.
+	NotifyAccessMain bool
 }
 
 // Manager is one unit's service manager.
@@ -150,7 +153,7 @@ func (m *Manager) receive() {
 }
 
 // handle acts on one message as systemd 252 does (src/core/service.c,
-// service_notify_message) for NotifyAccess=all.
+// service_notify_message) for NotifyAccess=all, or main.
 func (m *Manager) handle(sender int, lines []string, fds []int) {
 	vars := map[string]string{}
 	for _, l := range lines {
@@ -160,6 +163,12 @@ func (m *Manager) handle(sender int, lines []string, fds []int) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	defer m.broadcast()
+	if m.unit.NotifyAccessMain && sender != m.mainPID {
+		// "Got notification message from PID ..., but reception only
+		// permitted for main PID ..."
+		closeAll(fds)
+		return
+	}
 	if pid, err := strconv.Atoi(vars["MAINPID"]); err == nil && pid != m.mainPID {
 		m.mainPID = pid
 		m.watchLocked(pid)
@@ -337,12 +346,13 @@ func (m *Manager) Restart(stopTimeout, startTimeout time.Duration) (int, error) 
 }
 
 // WaitNewMain waits until a process other than old is the main process and
-// has sent READY=1, and returns it.
+// has sent READY=1 (with NotifyAccessMain its READY=1 came before it was
+// the main one and was dropped), and returns it.
 func (m *Manager) WaitNewMain(old int, timeout time.Duration) (int, error) {
 	var pid int
 	err := m.waitFor(timeout, "a new main process", func() bool {
 		pid = m.mainPID
-		return pid != old && m.ready[pid]
+		return pid != old && (m.ready[pid] || m.unit.NotifyAccessMain)
 	})
 	return pid, err
 }
