@@ -10,22 +10,9 @@ import (
 // Drain stops accepting at once, keeps proxying an established session
 // until it ends, and returns then, without waiting for its context.
 func TestDrainWaitsForSessions(t *testing.T) {
-	te, _, _ := startEdgeWithBackends(t, nil)
-	c, err := te.dial(t, "imaps", nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if line := readLine(t, c); line != "* OK test imap ready\r\n" {
-		t.Fatalf("greeting %q", line)
-	}
+	te, c := startSession(t, "imaps", "* OK test imap ready\r\n")
 	addr := te.addr("imaps")
-
-	done := make(chan struct{})
-	go func() {
-		te.Drain(context.Background())
-		close(done)
-	}()
+	done := drainInBackground(te, context.Background())
 	waitFor(t, 10*time.Second, "the listener to close", func() bool {
 		probe, err := net.Dial("tcp", addr)
 		if err == nil {
@@ -55,19 +42,9 @@ func TestDrainWaitsForSessions(t *testing.T) {
 
 // When its context ends first, Drain closes what remains.
 func TestDrainBoundedByContext(t *testing.T) {
-	te, _, _ := startEdgeWithBackends(t, nil)
-	c, err := te.dial(t, "smtps", nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	readLine(t, c)
+	te, c := startSession(t, "smtps", "220 test smtp ready\r\n")
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		te.Drain(ctx)
-		close(done)
-	}()
+	done := drainInBackground(te, ctx)
 	cancel()
 	select {
 	case <-done:
@@ -101,4 +78,30 @@ func TestGivenListener(t *testing.T) {
 	if _, err := ln.Accept(); err == nil {
 		t.Fatal("the given listener is still open after Shutdown")
 	}
+}
+
+// startSession starts an edge and a session through its listener, which
+// the backend greets with greeting.
+func startSession(t *testing.T, listener, greeting string) (*testEdge, net.Conn) {
+	t.Helper()
+	te, _, _ := startEdgeWithBackends(t, nil)
+	c, err := te.dial(t, listener, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if line := readLine(t, c); line != greeting {
+		t.Fatalf("greeting %q", line)
+	}
+	return te, c
+}
+
+// drainInBackground runs Drain; the channel is closed when it returns.
+func drainInBackground(te *testEdge, ctx context.Context) <-chan struct{} {
+	done := make(chan struct{})
+	go func() {
+		te.Drain(ctx)
+		close(done)
+	}()
+	return done
 }
