@@ -45,6 +45,7 @@ type controlServer struct {
 	log      *zap.Logger
 	requests chan<- *upgradeRequest
 	stopped  chan struct{} // serve's loop is gone
+	stopOnce sync.Once
 	wg       sync.WaitGroup
 }
 
@@ -103,9 +104,11 @@ func (cs *controlServer) close() {
 
 // stop ends every open request once serve's loop is gone.
 func (cs *controlServer) stop() {
-	cs.ln.Close()
-	close(cs.stopped)
-	cs.wg.Wait()
+	cs.stopOnce.Do(func() {
+		cs.ln.Close()
+		close(cs.stopped)
+		cs.wg.Wait()
+	})
 }
 
 // requestUpgrade asks the serve behind the control socket at path to

@@ -202,10 +202,11 @@ func (e *Edge) addrStrings() []string {
 const drainCheckInterval = 50 * time.Millisecond
 
 // Drain stops accepting and lets the established sessions go on until they
-// have all ended or ctx is done, then shuts down (see Shutdown). It is what
-// an upgrade does in the process being replaced, whose listening sockets
-// another process keeps accepting on, and what a stop does before it closes
-// what remains.
+// have all ended or ctx is done, then shuts down: what remains is closed as
+// Shutdown closes it, without a word to the client (no IMAP BYE, no SMTP
+// 421 after the transaction in progress). It is what an upgrade does in the
+// process being replaced, whose listening sockets another process keeps
+// accepting on, and what a stop does before it closes what remains.
 func (e *Edge) Drain(ctx context.Context) {
 	defer e.Shutdown()
 	e.closeListeners()
