@@ -157,7 +157,8 @@ func serve(ctx context.Context, s *settings, log *zap.Logger, loop serveLoop) er
 			return nil
 		case req := <-loop.upgrades:
 			log.Info("upgrading: starting the binary again with the listening sockets")
-			if err := loop.sockets.upgrade(); err != nil {
+			pid, err := loop.sockets.upgrade()
+			if err != nil {
 				log.Error("upgrade failed; this process goes on serving", zap.Error(err))
 				notify(status("upgrade failed, the running process goes on serving: %v", err))
 				req.done <- err
@@ -167,8 +168,8 @@ func serve(ctx context.Context, s *settings, log *zap.Logger, loop serveLoop) er
 			// one tells systemd nothing more (a STOPPING=1 would stop the unit).
 			drainTimeout := e.drainTimeout()
 			snap := e.edge.Snapshot()
-			req.result = fmt.Sprintf("a new process serves; the old one (pid %d) drains its %d connections for up to %v",
-				os.Getpid(), snap.ActiveSessions+snap.Pending, drainTimeout)
+			req.result = fmt.Sprintf("a new process (pid %d) serves; the old one (pid %d) drains its %d connections for up to %v",
+				pid, os.Getpid(), snap.ActiveSessions+snap.Pending, drainTimeout)
 			log.Info("upgraded: "+req.result, zap.Duration("drain_timeout", drainTimeout))
 			if control != nil {
 				control.close()

@@ -258,8 +258,8 @@ func (s *sockets) store() {
 }
 
 // handOverMainPID tells systemd that the process in the PID file is the
-// main one now, and waits until systemd has taken it in.
-func (s *sockets) handOverMainPID() {
+// main one now, waits until systemd has taken it in, and returns it.
+func (s *sockets) handOverMainPID() int {
 	data, err := os.ReadFile(s.pidFile)
 	pid := 0
 	if err == nil {
@@ -267,15 +267,14 @@ func (s *sockets) handOverMainPID() {
 	}
 	if err != nil || pid <= 0 || pid == os.Getpid() {
 		s.log.Warn("the new process's PID is unknown; systemd learns it from the new process only", zap.String("pid_file", s.pidFile), zap.Error(err))
-		return
+		return 0
 	}
 	if err := s.notify.send("MAINPID=" + strconv.Itoa(pid)); err != nil {
 		s.log.Warn("cannot notify systemd", zap.Error(err))
-		return
-	}
-	if err := s.notify.barrier(barrierTimeout); err != nil {
+	} else if err := s.notify.barrier(barrierTimeout); err != nil {
 		s.log.Warn("systemd may not know the new main process yet", zap.Error(err))
 	}
+	return pid
 }
 
 func (s *sockets) storeRemove(name string) {
@@ -290,23 +289,23 @@ func (s *sockets) storeRemove(name string) {
 // as the new one (MAINPID=): so that systemd follows it even when the unit
 // allows notifications from the main process only (NotifyAccess=main, as
 // before upgrades existed), which drops the new process's own MAINPID=.
-func (s *sockets) upgrade() error {
+// It returns the new process's PID (0 if unknown).
+func (s *sockets) upgrade() (int, error) {
 	if s.upg == nil {
-		return errors.New("this process cannot be upgraded")
+		return 0, errors.New("this process cannot be upgraded")
 	}
 	err := s.upg.Upgrade()
 	switch {
 	case err == nil:
-		s.handOverMainPID()
-		return nil
+		return s.handOverMainPID(), nil
 	// tableflip's words (its errors have no types) for what is not a
 	// failure of the new process.
 	case err.Error() == "parent hasn't exited":
-		return fmt.Errorf("the process this one replaced is still draining its sessions (up to [edge] drain_timeout); upgrade again once it has exited")
+		return 0, errors.New("the process this one replaced is still draining its sessions (up to [edge] drain_timeout); upgrade again once it has exited")
 	case err.Error() == "upgrade in progress":
-		return fmt.Errorf("another upgrade is in progress")
+		return 0, errors.New("another upgrade is in progress")
 	}
-	return fmt.Errorf("new process: %w (its own log lines say why)", err)
+	return 0, fmt.Errorf("new process: %w (its own log lines say why)", err)
 }
 
 // stop ends the sockets' use for upgrades: an upgrade in progress is

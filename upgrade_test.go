@@ -279,6 +279,9 @@ func testUpgrade(t *testing.T, bin string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if want := fmt.Sprintf("a new process (pid %d) serves; the old one (pid %d) drains", pid, old); !strings.Contains(out, want) {
+		t.Errorf("upgrade printed %q, want %q", out, want)
+	}
 	// A new connection now, and mail through the new process.
 	if err := pe.greeting(); err != nil {
 		t.Fatalf("after the upgrade: %v", err)
