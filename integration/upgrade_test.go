@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -36,8 +37,8 @@ const submissionDrain = 3 * time.Second
 
 // 10,000 messages submitted with SMTP AUTH through 465 and 443 (ALPN
 // smtp), by clients that each keep a session for many messages, while the
-// edge is upgraded three times and restarted twice: every message reaches
-// Dovecot exactly once. A client resends a message whose transaction did
+// edge is upgraded three times and restarted twice: no connection is
+// refused and every message reaches Dovecot exactly once. A client resends a message whose transaction did
 // not end in 250 (a real client does), so an edge that ends a session
 // between Postfix's queueing and its 250 shows as a duplicate, and one
 // that loses a message as a missing one.
@@ -54,7 +55,8 @@ func testSubmissionsThroughRestarts(t *testing.T, bin string) {
 	}
 	var confirmed atomic.Int64
 	allConfirmed := make(chan struct{})
-	var cuts atomic.Int64 // sessions that ended with a transaction open
+	var cuts atomic.Int64    // sessions that ended with a transaction open
+	var refused atomic.Int64 // connections refused (none may be)
 	var wg sync.WaitGroup
 	var failMu sync.Mutex
 	var failure error
@@ -86,6 +88,9 @@ func testSubmissionsThroughRestarts(t *testing.T, bin string) {
 				}
 				if n.open {
 					cuts.Add(1)
+				}
+				if errors.Is(err, syscall.ECONNREFUSED) {
+					refused.Add(1)
 				}
 				var se *smtp.SMTPError
 				if errors.As(err, &se) && se.Code >= 500 {
@@ -150,6 +155,9 @@ func testSubmissionsThroughRestarts(t *testing.T, bin string) {
 	}
 	if failure != nil {
 		t.Fatal(failure)
+	}
+	if n := refused.Load(); n > 0 {
+		t.Errorf("%d connections refused during the restarts and upgrades", n)
 	}
 	t.Logf("%d messages confirmed; %d sessions ended with a transaction open; events:\n%s", confirmed.Load(), cuts.Load(), strings.Join(eventLog, "\n"))
 
