@@ -39,12 +39,12 @@ func cmdServe(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	defer socks.stop()
+	defer socks.close()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	// A stop cancels an upgrade in progress (its new process is killed).
-	defer context.AfterFunc(ctx, socks.stop)()
+	defer context.AfterFunc(ctx, socks.stopUpgrades)()
 	upgrades := make(chan *upgradeRequest)
 	go upgradeOnSignal(ctx, log, usr2, upgrades)
 	go keepGCFloor(ctx, log)

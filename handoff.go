@@ -308,13 +308,19 @@ func (s *sockets) upgrade() (int, error) {
 	return 0, fmt.Errorf("new process: %w (its own log lines say why)", err)
 }
 
-// stop ends the sockets' use for upgrades: an upgrade in progress is
-// cancelled (its process killed), and, unless this process was replaced,
-// the control socket file is removed.
-func (s *sockets) stop() {
+// stopUpgrades ends the sockets' use for upgrades, from any goroutine: an
+// upgrade in progress is cancelled (its process killed), and, unless this
+// process was replaced, the control socket file is removed.
+func (s *sockets) stopUpgrades() {
 	if s.upg != nil {
 		s.upg.Stop()
 	}
+}
+
+// close is stopUpgrades and closes what systemd passed and nobody took;
+// after serve has returned.
+func (s *sockets) close() {
+	s.stopUpgrades()
 	s.closeKept()
 }
 
