@@ -8,13 +8,13 @@ import (
 // listenAdmin opens the admin listener (detailed status page, metrics). It
 // must be on loopback: the page shows internal addresses and errors, and
 // nothing there is authenticated.
-func listenAdmin(addr string) (net.Listener, error) {
+func listenAdmin(addr string, listen func(name, addr string) (*net.TCPListener, error)) (net.Listener, error) {
 	if err := checkLoopback(addr); err != nil {
 		return nil, fmt.Errorf("%w: admin listener: %v", errConfig, err)
 	}
-	ln, err := net.Listen("tcp", addr)
+	ln, err := listen("admin", addr)
 	if err != nil {
-		return nil, fmt.Errorf("listen admin on %s: %w", addr, err)
+		return nil, err
 	}
 	if tcp, ok := ln.Addr().(*net.TCPAddr); !ok || !tcp.IP.IsLoopback() {
 		ln.Close()

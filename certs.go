@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"path/filepath"
 	"strings"
@@ -222,12 +223,22 @@ type servingEdge struct {
 
 	reloadMu sync.Mutex // one reload at a time, none once shutdown began
 	stopping bool       // guarded by reloadMu
+	// drainFor is [edge] drain_timeout as last loaded (reload applies it);
+	// guarded by reloadMu.
+	drainFor time.Duration
 }
 
-// startServe starts serve's edge. onListening runs between the listeners
-// and the certificates (tests start their ACME server there, on the ports
-// the edge got).
-func startServe(ctx context.Context, s *settings, log *zap.Logger, onListening func(*instance) error) (*servingEdge, error) {
+// drainTimeout is [edge] drain_timeout in force.
+func (e *servingEdge) drainTimeout() time.Duration {
+	e.reloadMu.Lock()
+	defer e.reloadMu.Unlock()
+	return e.drainFor
+}
+
+// startServe starts serve's edge. listen, if set, opens its listeners (see
+// handoff.go). onListening runs between the listeners and the certificates
+// (tests start their ACME server there, on the ports the edge got).
+func startServe(ctx context.Context, s *settings, log *zap.Logger, listen func(name, addr string) (*net.TCPListener, error), onListening func(*instance) error) (*servingEdge, error) {
 	if note, err := s.fitOpenFileLimit(openFileLimit()); err != nil {
 		return nil, err
 	} else if note != "" {
@@ -241,7 +252,8 @@ func startServe(ctx context.Context, s *settings, log *zap.Logger, onListening f
 	if err != nil {
 		return nil, err
 	}
-	e := &servingEdge{log: log, startSettings: s}
+	cfg.Listen = listen
+	e := &servingEdge{log: log, startSettings: s, drainFor: s.DrainTimeout}
 	e.certsNow.Store(c)
 	// Handshakes and the status page ask the certificates in use. The ACME
 	// manager (and with it the HTTP-01 handler) is never replaced: a change
@@ -272,10 +284,15 @@ func (e *servingEdge) certs() *certs { return e.certsNow.Load() }
 // Status is for the status page.
 func (e *servingEdge) Status() []acme.CertStatus { return e.certs().Status() }
 
-func (e *servingEdge) shutdown() {
+func (e *servingEdge) shutdown() { e.drain(0, drainStop) }
+
+// drain refuses reloads from now on, stops the certificates (a process
+// that replaces this one renews them) and drains the instance for up to
+// timeout.
+func (e *servingEdge) drain(timeout time.Duration, kind drainKind) {
 	e.reloadMu.Lock()
 	e.stopping = true
 	e.reloadMu.Unlock()
 	e.certs().stop()
-	e.instance.shutdown()
+	e.instance.drain(timeout, kind)
 }

@@ -51,6 +51,7 @@ chatmail_ini = %s
 state_dir = %s
 https = 127.0.0.1:0
 http = 127.0.0.1:0
+control_socket = %s/control
 [ech]
 public_name = %s
 [acme]
@@ -59,7 +60,7 @@ acmetool =
 export_cert = %s/live/<mail_domain>/fullchain
 export_key = %s/live/<mail_domain>/privkey
 reload = %s dovecot.service; %s postfix.service
-`, chatmailINI, filepath.Join(env.dir, "state"), publicName, env.dir, env.dir, script, script)
+`, chatmailINI, filepath.Join(env.dir, "state"), env.dir, publicName, env.dir, env.dir, script, script)
 	env.config = filepath.Join(env.dir, "chatmail-edge.ini")
 	if err := os.WriteFile(env.config, []byte(mergeINI(conf, extra)), 0o644); err != nil {
 		t.Fatal(err)
@@ -108,7 +109,7 @@ func (env *serveEnv) start(t *testing.T, args ...string) *servingEdge {
 	s.Certs.Retry = acme.Backoff{Initial: 20 * time.Millisecond, Max: 200 * time.Millisecond}
 	log := testZap(t)
 	names := []string{env.domain, "mta-sts." + env.domain, "www." + env.domain, env.publicName}
-	e, err := startServe(context.Background(), s, log, func(in *instance) error {
+	e, err := startServe(context.Background(), s, log, nil, func(in *instance) error {
 		httpPort := 0
 		if in.httpLn != nil {
 			httpPort = in.httpLn.Addr().(*net.TCPAddr).Port

@@ -39,6 +39,8 @@ type settings struct {
 	BackendTimeout   time.Duration
 	MaxConnections   int
 	MaxHandshakes    int
+	DrainTimeout     time.Duration
+	ControlSocket    string
 	LogLevel         string
 
 	// Per-source limits, in [edge] too.
@@ -198,6 +200,10 @@ var coreOptions = []option{
 		intIn(1, 100_000, func(s *settings) *int { return &s.NewConnectionsPerAddress })},
 	{"edge", "exempt_networks", "127.0.0.0/8 ::1", "Client networks the per-address limits do not apply to (space-separated CIDR prefixes). Empty exempts nothing.",
 		networks(func(s *settings) *[]netip.Prefix { return &s.ExemptNetworks })},
+	{"edge", "drain_timeout", "30s", "How long established IMAP and SMTP sessions may go on after the edge stopped accepting. After an upgrade the old process keeps them for the first half untouched (the new one accepts meanwhile) and then says goodbye to them (IMAP BYE, SMTP 421 once no mail transaction is open), spread over the second half; at a stop or restart goodbyes start at once and wait only for transactions in progress. What remains at the end is closed. A stop waits for it, so the unit's TimeoutStopSec (90s) must stay above it.",
+		durationIn(time.Second, maxDrainTimeout, func(s *settings) *time.Duration { return &s.DrainTimeout })},
+	{"edge", "control_socket", "/run/chatmail-edge/control", "Unix socket (0600) on which `chatmail-edge upgrade` asks the running edge to hand its sockets to a new process of the binary. Empty: no upgrades that way (SIGUSR2 still starts one).",
+		str(func(s *settings) *string { return &s.ControlSocket })},
 	{"edge", "log_level", "info", "debug, info, warn or error.",
 		func(s *settings, v string) error {
 			if _, err := newLogger(nil, v); err != nil {
@@ -225,6 +231,9 @@ var coreOptions = []option{
 	{"tls", "key", "", "PEM private key of cert.",
 		str(func(s *settings) *string { return &s.TLSKey })},
 }
+
+// maxDrainTimeout bounds [edge] drain_timeout.
+const maxDrainTimeout = time.Hour
 
 // loadSettings reads the edge's file (missing is fine unless required) and
 // then chatmail.ini. Errors name the file and line.

@@ -44,6 +44,18 @@ type instanceConfig struct {
 	AdminAddr    string            // loopback listener of the detailed status page and /metrics; "" for none
 	MetadataFile string            // the ECH config list for chatmail's IMAP METADATA; "" for none
 	Certs        acme.StatusSource // certificates, for the status page and metrics
+	// Listen opens the listener name on addr, for every listener (serve's
+	// come from handoff.go's sockets); nil listens anew.
+	Listen func(name, addr string) (*net.TCPListener, error)
+}
+
+// listenTCP is instanceConfig.Listen when none is given.
+func listenTCP(name, addr string) (*net.TCPListener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen %s on %s: %w", name, addr, err)
+	}
+	return ln.(*net.TCPListener), nil
 }
 
 // instance is a running edge with its web servers.
@@ -58,6 +70,7 @@ type instance struct {
 	httpLn  net.Listener
 	admin   *http.Server
 	adminLn net.Listener
+	given   []net.Listener // the edge's listeners from cfg.Listen
 	recent  *web.RecentLog
 	echKeys atomic.Pointer[edge.ECHKeySet]
 	stop    chan struct{}
@@ -92,25 +105,43 @@ func startInstance(cfg instanceConfig, log *zap.Logger) (*instance, error) {
 	}
 
 	cfg.Edge.TicketKeyFile = filepath.Join(cfg.StateDir, "tls-ticket-keys")
+	if cfg.Listen != nil {
+		for i, lc := range cfg.Edge.Listeners {
+			ln, err := cfg.Listen(lc.Name, lc.Address)
+			if err != nil {
+				in.closeListeners()
+				return nil, err
+			}
+			cfg.Edge.Listeners[i].Listener = ln
+			in.given = append(in.given, ln)
+		}
+	}
+	listen := cfg.Listen
+	if listen == nil {
+		listen = listenTCP
+	}
 	e, err := edge.New(cfg.Edge, log.Named("edge"), cfg.GetCert)
 	if err != nil {
+		in.closeListeners()
 		return nil, fmt.Errorf("%w: %v", errConfig, err)
 	}
 	in.edge = e
 	in.setECHKeys(keys)
 	backends, err := cfg.Backends(e.DialBackend)
 	if err != nil {
+		in.closeListeners()
 		return nil, fmt.Errorf("%w: mail backends: %v", errConfig, err)
 	}
 	e.SetBackends(backends)
 
 	if cfg.HTTPAddr != "" {
-		if in.httpLn, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
-			return nil, fmt.Errorf("listen http on %s: %w", cfg.HTTPAddr, err)
+		if in.httpLn, err = listen("http", cfg.HTTPAddr); err != nil {
+			in.closeListeners()
+			return nil, err
 		}
 	}
 	if cfg.AdminAddr != "" {
-		if in.adminLn, err = listenAdmin(cfg.AdminAddr); err != nil {
+		if in.adminLn, err = listenAdmin(cfg.AdminAddr, listen); err != nil {
 			in.closeListeners()
 			return nil, err
 		}
@@ -132,8 +163,10 @@ func startInstance(cfg instanceConfig, log *zap.Logger) (*instance, error) {
 	return in, nil
 }
 
+// closeListeners closes what a failed start opened (the edge's own
+// listeners included: closing twice is harmless).
 func (in *instance) closeListeners() {
-	for _, ln := range []net.Listener{in.httpLn, in.adminLn} {
+	for _, ln := range append([]net.Listener{in.httpLn, in.adminLn}, in.given...) {
 		if ln != nil {
 			ln.Close()
 		}
@@ -217,19 +250,56 @@ func sameKeys(a, b *edge.ECHKeySet) bool {
 	return true
 }
 
+// httpGrace is the least time HTTP requests in flight get at a shutdown.
+const httpGrace = 5 * time.Second
+
 // shutdown stops accepting, closes the edge's connections and gives HTTP
 // requests in flight a few seconds.
-func (in *instance) shutdown() {
+func (in *instance) shutdown() { in.drain(0, drainStop) }
+
+// drainKind says how a drain ends the sessions.
+type drainKind uint8
+
+const (
+	// drainStop is a stop or a restart: each session gets its goodbye at
+	// once where that cuts nothing, mail transactions in progress finish.
+	drainStop drainKind = iota
+	// drainUpgrade is the old process after an upgrade: sessions go on
+	// untouched for the first half of the time (clients in IDLE get their
+	// mail through it), then the goodbyes are spread over the second half,
+	// so that their reconnects to the new process do not come at once.
+	drainUpgrade
+)
+
+// drain stops accepting on every listener at once, ends the edge's
+// sessions within timeout as kind says (edge.Drain), lets HTTP requests
+// finish (for at least httpGrace), then closes what remains.
+func (in *instance) drain(timeout time.Duration, kind drainKind) {
 	in.stopped.Do(func() {
 		close(in.stop)
-		in.edge.Shutdown()
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
 		defer cancel()
+		httpCtx, cancelHTTP := context.WithTimeout(context.Background(), max(timeout, httpGrace))
+		defer cancelHTTP()
+		var wg sync.WaitGroup
+		wg.Go(func() {
+			if kind == drainUpgrade {
+				in.edge.Drain(ctx, timeout/2, true)
+			} else {
+				in.edge.Drain(ctx, 0, false)
+			}
+			in.edge.Shutdown()
+		})
 		for _, srv := range []*http.Server{in.https, in.http, in.admin} {
 			if srv != nil {
-				srv.Shutdown(ctx)
+				wg.Go(func() {
+					if srv.Shutdown(httpCtx) != nil {
+						srv.Close()
+					}
+				})
 			}
 		}
+		wg.Wait()
 		in.wg.Wait()
 	})
 }

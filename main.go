@@ -18,6 +18,8 @@ const usage = `chatmail-edge: the TLS and ECH front end of a chatmail relay.
 Usage:
   chatmail-edge demo [flags]          run everything on loopback with an in-process mail server
   chatmail-edge serve [flags]         run on a relay (reads chatmail.ini and the edge's config)
+  chatmail-edge upgrade [flags]       hand the running serve's sockets to a new process of the binary
+                                      (after replacing it), which then serves; the old one drains
   chatmail-edge probe [flags] DOMAIN  check a running edge over IMAP, SMTP and HTTPS with ECH
   chatmail-edge ech show|rotate|retire [flags]
                                       print or change the ECH keys in the state folder
@@ -55,6 +57,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	commands := map[string]func([]string, io.Writer, io.Writer) error{
 		"demo":      cmdDemo,
 		"serve":     cmdServe,
+		"upgrade":   cmdUpgrade,
 		"probe":     cmdProbe,
 		"ech":       cmdECH,
 		"acme":      cmdACME,

@@ -1,9 +1,16 @@
 package main
 
 import (
+	"errors"
 	"fmt"
+	"io"
 	"net"
+	"os"
 	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // notifier sends service state to systemd (sd_notify(3)): the unit is
@@ -27,16 +34,63 @@ func newNotifier(getenv func(string) string) notifier {
 
 // send writes one datagram of newline-separated VAR=value assignments.
 func (n notifier) send(assignments ...string) error {
+	return n.sendFDs(nil, assignments...)
+}
+
+// sendFDs is send with file descriptors attached (SCM_RIGHTS), as FDSTORE=1
+// and BARRIER=1 want them; systemd gets its own duplicates. It uses a
+// socket of its own per message (as sd_notify(3) does): Go's connected
+// datagram sockets cannot carry descriptors.
+func (n notifier) sendFDs(fds []int, assignments ...string) error {
 	if n.addr == nil {
 		return nil
 	}
-	c, err := net.DialUnix("unixgram", nil, n.addr)
-	if err != nil {
-		return fmt.Errorf("sd_notify: connect to %s: %w", n.addr.Name, err)
+	// Close-on-exec before an upgrade's fork can see it (SOCK_CLOEXEC is
+	// not everywhere).
+	syscall.ForkLock.RLock()
+	sock, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM, 0)
+	if err == nil {
+		unix.CloseOnExec(sock)
 	}
-	defer c.Close()
-	if _, err := c.Write([]byte(strings.Join(assignments, "\n") + "\n")); err != nil {
+	syscall.ForkLock.RUnlock()
+	if err != nil {
+		return fmt.Errorf("sd_notify: socket: %w", err)
+	}
+	defer unix.Close(sock)
+	var rights []byte
+	if len(fds) > 0 {
+		rights = unix.UnixRights(fds...)
+	}
+	to := &unix.SockaddrUnix{Name: n.addr.Name} // a leading '@' is the abstract namespace
+	if err := unix.Sendmsg(sock, []byte(strings.Join(assignments, "\n")+"\n"), rights, to, 0); err != nil {
 		return fmt.Errorf("sd_notify: send to %s: %w", n.addr.Name, err)
+	}
+	return nil
+}
+
+// barrier waits until systemd has handled every message sent before it
+// (BARRIER=1, sd_notify_barrier(3), systemd 246 and later): systemd closes
+// the pipe end it was sent. An upgraded process uses it to be sure systemd
+// knows it as the main process before the old one may exit.
+func (n notifier) barrier(timeout time.Duration) error {
+	if n.addr == nil {
+		return nil
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		return fmt.Errorf("sd_notify barrier: %w", err)
+	}
+	defer r.Close()
+	err = n.sendFDs([]int{int(w.Fd())}, "BARRIER=1")
+	w.Close()
+	if err != nil {
+		return err
+	}
+	if err := r.SetReadDeadline(time.Now().Add(timeout)); err != nil {
+		return fmt.Errorf("sd_notify barrier: %w", err)
+	}
+	if _, err := r.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+		return fmt.Errorf("sd_notify barrier: no answer within %v: %v", timeout, err)
 	}
 	return nil
 }

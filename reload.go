@@ -71,6 +71,7 @@ func (e *servingEdge) reload(load func() (*settings, error)) (restart []string, 
 		e.log.Error("cannot change the edge's limits", zap.Error(err)) // parsing checked every bound
 	}
 	e.edge.SetBackends(backends)
+	e.drainFor = s.DrainTimeout
 	e.useWeb(ws)
 	e.useECHKeys(echKeys)
 	if fresh != nil {
@@ -104,6 +105,7 @@ func (s *settings) restartOnly(next *settings) []string {
 	differ("[edge] smtps", s.listenAddr(s.SMTPS), next.listenAddr(next.SMTPS))
 	differ("[edge] http", s.listenAddr(s.HTTP), next.listenAddr(next.HTTP))
 	differ("[admin] address", s.AdminAddress, next.AdminAddress)
+	differ("[edge] control_socket", s.ControlSocket, next.ControlSocket)
 	differ("[edge] state_dir", s.StateDir, next.StateDir)
 	differ("[edge] log_level", s.LogLevel, next.LogLevel)
 	differ("mail_domain (chatmail.ini)", s.MailDomain, next.MailDomain)

@@ -95,7 +95,10 @@ chatmail_ini = %s/chatmail.ini
 state_dir = %s/state
 https = 127.0.0.1:0
 imaps = 127.0.0.1:0
+smtps =
 http =
+control_socket = %s/control
+drain_timeout = 30s
 max_handshakes = 256
 max_connections = 2000
 idle_timeout = 30m
@@ -120,7 +123,7 @@ new_account_cgi =
 site_dir = %s/site
 [mta-sts]
 mode = enforce
-`, env.dir, env.dir, env.delivery.IMAPAddr(), env.delivery.SMTPAddr(), env.certFile, env.keyFile, env.dir)
+`, env.dir, env.dir, env.dir, env.delivery.IMAPAddr(), env.delivery.SMTPAddr(), env.certFile, env.keyFile, env.dir)
 	if err := os.WriteFile(env.config, []byte(mergeINI(conf, extra)), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -314,7 +317,11 @@ func TestServeProcessSignals(t *testing.T) {
 	}
 	expect := func(prefix string) {
 		t.Helper()
-		if msg := nextNotice(t, notices); !strings.HasPrefix(msg, prefix) {
+		msg := nextNotice(t, notices)
+		for strings.HasPrefix(msg, "FDSTORE") { // the listening sockets, for a restart
+			msg = nextNotice(t, notices)
+		}
+		if !strings.HasPrefix(msg, prefix) {
 			t.Fatalf("notice %q, want %q first; stderr:\n%s", msg, prefix, stderr.String())
 		}
 	}

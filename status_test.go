@@ -177,12 +177,12 @@ func TestAdminListenerLoopbackOnly(t *testing.T) {
 		if code := run([]string{"serve", "--config", path}, io.Discard, &stderr); code != exitConfig || !strings.Contains(stderr.String(), path+":4: address:") || !strings.Contains(stderr.String(), "loopback") {
 			t.Errorf("admin address %s: exit %d, %q", addr, code, stderr.String())
 		}
-		if ln, err := listenAdmin(addr); err == nil {
+		if ln, err := listenAdmin(addr, listenTCP); err == nil {
 			ln.Close()
 			t.Errorf("listenAdmin(%s) succeeded", addr)
 		}
 	}
-	ln, err := listenAdmin("127.0.0.1:0")
+	ln, err := listenAdmin("127.0.0.1:0", listenTCP)
 	if err != nil {
 		t.Fatalf("loopback admin address refused: %v", err)
 	}

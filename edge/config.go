@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"time"
 )
@@ -26,6 +27,12 @@ type ListenerConfig struct {
 	Name    string // "https", "imaps", "smtps": used in logs and metrics
 	Address string // host:port; port 0 picks a free port
 	Kind    Kind
+	// Listener, if set, is an open socket to serve instead of listening on
+	// Address (which then only names it): one inherited from the process
+	// this one replaces, or kept by systemd across a restart. Drain and
+	// Shutdown close it; after a failed Start the caller does (closing
+	// twice is harmless).
+	Listener *net.TCPListener
 }
 
 // Config holds the edge's own settings. Zero values take the defaults below.

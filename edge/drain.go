@@ -22,26 +22,38 @@ const drainPoll = 50 * time.Millisecond
 //   - then each IMAP session gets "* BYE" and each SMTP session "421" at the
 //     first point where that cuts nothing (between commands and responses,
 //     never inside a literal or a message, no mail transaction open), and is
-//     closed; a client reconnects, to the new process;
+//     closed; a client reconnects, to the new process. With spread, these
+//     goodbyes are spread evenly over the time left until ctx's deadline, so
+//     that ten thousand idle clients do not all reconnect in the same second;
 //   - when ctx is done, what is left is closed as it is.
 //
 // Drain returns once no session and no handshake is left, or ctx is done.
 // Connections routed to HTTP belong to the web server (its Shutdown).
-func (e *Edge) Drain(ctx context.Context, grace time.Duration) {
+func (e *Edge) Drain(ctx context.Context, grace time.Duration, spread bool) {
 	e.stopAccepting()
 	goodbyeFrom := time.Now().Add(grace)
+	deadline, hasDeadline := ctx.Deadline()
 	t := time.NewTicker(drainPoll)
 	defer t.Stop()
-	e.log.Info("draining", zap.Int("sessions", e.sessionCount()), zap.Duration("grace", grace))
+	e.log.Info("draining", zap.Int("sessions", e.sessionCount()), zap.Duration("grace", grace), zap.Bool("spread", spread))
 	for {
 		sessions, pending := e.inFlight()
 		if len(sessions) == 0 && pending == 0 {
 			e.log.Info("drained")
 			return
 		}
-		if !time.Now().Before(goodbyeFrom) {
+		if now := time.Now(); !now.Before(goodbyeFrom) {
+			budget := len(sessions)
+			if spread && hasDeadline {
+				budget = goodbyesPerRound(len(sessions), deadline.Sub(now))
+			}
 			for _, s := range sessions {
-				s.closeIfQuiet()
+				if budget == 0 {
+					break
+				}
+				if s.closeIfQuiet() {
+					budget--
+				}
 			}
 		}
 		select {
@@ -55,6 +67,16 @@ func (e *Edge) Drain(ctx context.Context, grace time.Duration) {
 		case <-t.C:
 		}
 	}
+}
+
+// goodbyesPerRound spreads n goodbyes evenly over the rounds of drainPoll
+// in left, keeping the last tenth of it for sessions that were busy.
+func goodbyesPerRound(n int, left time.Duration) int {
+	rounds := int(left * 9 / 10 / drainPoll)
+	if rounds <= 1 {
+		return n
+	}
+	return (n + rounds - 1) / rounds
 }
 
 // stopAccepting closes the listening sockets; Shutdown does it too.

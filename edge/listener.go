@@ -33,6 +33,10 @@ func newListener(e *Edge, lc ListenerConfig) *listener {
 const noKeepAlive = -1
 
 func (l *listener) listen() error {
+	if l.cfg.Listener != nil {
+		l.ln = l.cfg.Listener
+		return nil
+	}
 	lc := net.ListenConfig{KeepAlive: noKeepAlive}
 	ln, err := lc.Listen(context.Background(), "tcp", l.cfg.Address)
 	if err != nil {
@@ -62,6 +66,12 @@ func (l *listener) acceptLoop() {
 			continue
 		}
 		backoff = 0
+		if l.cfg.Listener != nil {
+			// A given listener may come from net.FileListener (inherited),
+			// which turns Go's default keepalive on for what it accepts; off
+			// again, as listen has it (one setsockopt).
+			_ = c.SetKeepAlive(false)
+		}
 		l.e.admit(l, c)
 	}
 }

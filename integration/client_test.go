@@ -44,7 +44,7 @@ const clientTimeout = 30 * time.Second
 // clientIP. It fails unless ECH was accepted.
 func (r *relay) dial(rt route) (*tls.Conn, error) {
 	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: clientIP}, Timeout: clientTimeout}
-	conn, err := tls.DialWithDialer(d, "tcp", r.edge.Addr(rt.listener).String(), &tls.Config{
+	conn, err := tls.DialWithDialer(d, "tcp", r.addr(rt.listener), &tls.Config{
 		ServerName:                     domain,
 		RootCAs:                        r.roots,
 		NextProtos:                     rt.alpn,

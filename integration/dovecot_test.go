@@ -25,7 +25,8 @@ import (
 // login processes, LMTP delivery from Postfix and SASL for Postfix, both on
 // sockets in Postfix's queue folder as on a relay. It runs from its own
 // folder (base_dir, state_dir, log_path), so that it never meets the
-// system's Dovecot. Listeners holds the mode's listeners.
+// system's Dovecot. Listeners holds the mode's listeners, Extra a test's
+// own settings.
 var dovecotConf = template.Must(template.New("dovecot.conf").Parse(`# Written by the chatmail-edge integration tests.
 base_dir = {{.Dir}}/run
 state_dir = {{.Dir}}/state
@@ -81,7 +82,7 @@ ssl_key = <{{.Key}}
 ssl_min_protocol = TLSv1.3
 ssl_prefer_server_ciphers = yes
 
-{{.Listeners}}`))
+{{.Listeners}}{{.Extra}}`))
 
 // dovecotTLSListener moves chatmail's imaps (Dovecot's default 993, implicit
 // TLS) to a test port; tls mode needs nothing else.
@@ -110,7 +111,7 @@ type dovecot struct {
 // startDovecot writes the configuration for mode into dir and starts
 // Dovecot, with its LMTP and auth sockets in spool/private for Postfix. It is
 // stopped when the test ends.
-func startDovecot(t *testing.T, dir, spool string, mode mail.Mode, cert, key string, users map[string]string) *dovecot {
+func startDovecot(t *testing.T, dir, spool string, mode mail.Mode, cert, key string, users map[string]string, extra string) *dovecot {
 	t.Helper()
 	d := &dovecot{
 		conf: filepath.Join(dir, "dovecot.conf"),
@@ -127,7 +128,7 @@ func startDovecot(t *testing.T, dir, spool string, mode mail.Mode, cert, key str
 	var conf strings.Builder
 	err := dovecotConf.Execute(&conf, map[string]any{
 		"Dir": dir, "Spool": spool, "Instance": "cme-test-" + strconv.Itoa(port), "UID": uid, "GID": gid,
-		"Cert": cert, "Key": key, "Listeners": listeners,
+		"Cert": cert, "Key": key, "Listeners": listeners, "Extra": extra,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -30,9 +30,13 @@ const domain = "chat.example"
 // mode, and two accounts.
 type relay struct {
 	mode       mail.Mode
+	dir        string // the daemons' folder
+	certFile   string // the daemons' (and a process edge's) certificate
+	keyFile    string
 	postfix    *postfix
 	dovecot    *dovecot
-	edge       *edge.Edge
+	edge       *edge.Edge        // nil when the edge runs as a process
+	addrs      map[string]string // a process edge's listeners, by name
 	roots      *x509.CertPool
 	echList    []byte
 	alice, bob account
@@ -48,18 +52,34 @@ func forEachMode(t *testing.T, test func(t *testing.T, r *relay)) {
 
 func startRelay(t *testing.T, mode mail.Mode) *relay {
 	t.Helper()
+	r, cert := startMailSide(t, mode, "")
+	r.startEdge(t, &cert)
+	return r
+}
+
+// startMailSide starts Postfix and Dovecot (with dovecotExtra added to its
+// configuration) for a relay whose edge the caller starts; cert is theirs.
+func startMailSide(t *testing.T, mode mail.Mode, dovecotExtra string) (*relay, tls.Certificate) {
+	t.Helper()
 	requireDaemons(t)
 	dir := daemonDir(t)
 	cert, roots := testcert.SelfSigned(t, domain)
 	certFile, keyFile := writeKeyPair(t, dir, cert)
-	r := &relay{mode: mode, roots: roots, alice: newAccount("alice"), bob: newAccount("bob")}
+	r := &relay{mode: mode, dir: dir, certFile: certFile, keyFile: keyFile, roots: roots, alice: newAccount("alice"), bob: newAccount("bob")}
 	users := map[string]string{r.alice.addr: r.alice.password, r.bob.addr: r.bob.password}
 	// Postfix first: it creates the queue's private folder, where Dovecot
 	// puts the sockets Postfix uses.
 	r.postfix = startPostfix(t, dir, domain, mode, certFile, keyFile)
-	r.dovecot = startDovecot(t, dir, r.postfix.spool, mode, certFile, keyFile, users)
-	r.startEdge(t, &cert)
-	return r
+	r.dovecot = startDovecot(t, dir, r.postfix.spool, mode, certFile, keyFile, users, dovecotExtra)
+	return r, cert
+}
+
+// addr is where the named listener of the edge accepts.
+func (r *relay) addr(listener string) string {
+	if r.edge == nil {
+		return r.addrs[listener] // the edge runs as a process (edgeproc_test.go)
+	}
+	return r.edge.Addr(listener).String()
 }
 
 // startEdge runs an edge on loopback port 0 with one ECH key, its mail

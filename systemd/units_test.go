@@ -79,9 +79,10 @@ func TestUnitSecurityExposure(t *testing.T) {
 	}
 }
 
-// The unit holds what the edge relies on: sd_notify, SIGHUP reload, no
-// restart loop on a configuration error (main.go's exitConfig), the
-// capability for low ports, and enough file descriptors.
+// The unit holds what the edge relies on: sd_notify, SIGHUP reload,
+// upgrades and restarts that keep the sockets, no restart loop on a
+// configuration error (main.go's exitConfig), the capability for low
+// ports, and enough file descriptors.
 func TestServiceUnitSettings(t *testing.T) {
 	units, err := Units(Params{Binary: "/usr/local/bin/chatmail-edge", Config: "/etc/chatmail-edge/chatmail-edge.ini"})
 	if err != nil {
@@ -93,6 +94,9 @@ func TestServiceUnitSettings(t *testing.T) {
 	unit := string(units[0].Data)
 	for _, line := range []string{
 		"Type=notify", "ExecReload=/bin/kill -HUP $MAINPID", "RestartPreventExitStatus=78",
+		// An upgrade's new process says MAINPID= itself; the fd store holds
+		// the sockets through a restart (handoff.go).
+		"NotifyAccess=all", "FileDescriptorStoreMax=8", "TimeoutStopSec=90s",
 		"AmbientCapabilities=CAP_NET_BIND_SERVICE", "User=" + User, "StateDirectory=chatmail-edge",
 		"ConfigurationDirectory=chatmail-edge", "ProtectSystem=strict", "SystemCallFilter=@system-service",
 		"MemoryDenyWriteExecute=yes", "ExecStart=/usr/local/bin/chatmail-edge serve --config /etc/chatmail-edge/chatmail-edge.ini",
