@@ -47,13 +47,15 @@ func (e *Edge) Drain(ctx context.Context, grace time.Duration, spread bool) {
 			if spread && hasDeadline {
 				budget = goodbyesPerRound(len(sessions), deadline.Sub(now))
 			}
+			// The budget is shared with the pumps, which say goodbye
+			// themselves when a session turns quiet as they move its data.
+			e.goodbyes.Store(int64(budget))
+			e.sayingGoodbye.Store(true)
 			for _, s := range sessions {
-				if budget == 0 {
+				if e.goodbyes.Load() <= 0 {
 					break
 				}
-				if s.closeIfQuiet() {
-					budget--
-				}
+				s.closeIfQuiet(nil)
 			}
 		}
 		select {
@@ -67,6 +69,11 @@ func (e *Edge) Drain(ctx context.Context, grace time.Duration, spread bool) {
 		case <-t.C:
 		}
 	}
+}
+
+// takeGoodbye takes one goodbye from this round's budget.
+func (e *Edge) takeGoodbye() bool {
+	return e.goodbyes.Add(-1) >= 0
 }
 
 // goodbyesPerRound spreads n goodbyes evenly over the rounds of drainPoll

@@ -68,6 +68,11 @@ type Edge struct {
 
 	nextTicketRotation time.Time // touched by Start and the sweeper only
 
+	// While draining: sessions may get their goodbye (sayingGoodbye), and
+	// how many more in this round of the drain (goodbyes).
+	sayingGoodbye atomic.Bool
+	goodbyes      atomic.Int64
+
 	stopAcceptOnce sync.Once
 	stopOnce       sync.Once
 	closing        sync.WaitGroup // sessions not yet completely closed

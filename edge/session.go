@@ -139,6 +139,10 @@ func (p *pump) run() {
 				s.close("write failed", werr)
 				return
 			}
+			if s.e.sayingGoodbye.Load() && s.closeIfQuiet(p) {
+				release()
+				return
+			}
 		}
 		if err == nil {
 			continue
@@ -273,13 +277,25 @@ func (s *session) close(reason string, err error) {
 // closeIfQuiet closes the session with its protocol's farewell if that cuts
 // nothing now: neither pump is moving data, and the watch sees both sides
 // between commands and responses with no mail transaction open.
-func (s *session) closeIfQuiet() bool {
+//
+// by is the pump that asks, right after it moved data (nil: the drain,
+// for sessions where nothing moves): it may be running, the other may not.
+// A session that goes from one mail transaction to the next without a
+// pause is caught this way, right after the reply that ended one.
+func (s *session) closeIfQuiet(by *pump) bool {
 	s.mu.Lock()
-	if s.closed || s.up.running || s.down.running || !s.watch.quiet() {
+	busy := s.up.running || s.down.running
+	if by != nil {
+		busy = by.other().running
+	}
+	if s.closed || busy || !s.watch.quiet() || !s.e.takeGoodbye() {
 		s.mu.Unlock()
 		return false
 	}
 	s.markClosed()
+	if by != nil {
+		by.running = false
+	}
 	s.mu.Unlock()
 	s.client.SetWriteDeadline(time.Now().Add(time.Second))
 	_, _ = s.client.Write(s.watch.farewell(s.e.cfg.Hostname))
