@@ -239,22 +239,6 @@ func (s *Server) AdminHandler() http.Handler {
 	return mux
 }
 
-// NewHTTPServer wraps h with the timeouts every listener of ours uses.
-// ReadHeaderTimeout also bounds the TLS handshake net/http would otherwise
-// run; IdleTimeout follows mox (Chrome drops idle connections after 60s).
-// There is no overall read or write timeout, since /mxdeliv bodies and
-// /relay WebSockets are long; those handlers set their own deadlines.
-func NewHTTPServer(h http.Handler, log *zap.Logger, connState func(net.Conn, http.ConnState)) *http.Server {
-	return &http.Server{
-		Handler:           h,
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       65 * time.Second,
-		MaxHeaderBytes:    64 << 10,
-		ConnState:         connState,
-		ErrorLog:          zap.NewStdLog(log.Named("http")),
-	}
-}
-
 // origin is https://<domain> with the port when it is not 443.
 func (s *Server) origin() string {
 	if s.cfg.HTTPSPort == 0 || s.cfg.HTTPSPort == 443 {
