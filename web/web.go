@@ -91,6 +91,20 @@ type ECHKeyInfo struct {
 	PublicName string
 	Created    time.Time
 	Keys       int // keys held, the current one included
+	// Metadata is the file the config list is published in for chatmail's
+	// IMAP METADATA; shown on the admin page only.
+	Metadata MetadataFileState
+}
+
+// MetadataFileState says whether the METADATA file holds the published ECH
+// config list.
+type MetadataFileState struct {
+	Path           string // "" when no file is configured
+	Current        bool
+	Error          string    // the last failed write, while not current
+	FailedAttempts int       // failed writes since it was last current
+	FailingSince   time.Time // the first failed write of this episode
+	NextAttempt    time.Time // the next retry, while not current
 }
 
 // Server holds the HTTPS handler, the plain-HTTP (:80) handler and the
