@@ -10,6 +10,7 @@ import (
 	"html/template"
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -261,24 +262,49 @@ func (s *Server) origin() string {
 	return "https://" + net.JoinHostPort(s.cfg.Domain, strconv.Itoa(s.cfg.HTTPSPort))
 }
 
-// hostForURL brackets an IPv6 literal.
+// hostForURL brackets an IPv6 literal, in any of its forms (an IPv4-mapped
+// one too: "::ffff:192.0.2.1").
 func hostForURL(host string) string {
-	if ip := net.ParseIP(host); ip != nil && ip.To4() == nil {
+	if strings.Contains(host, ":") {
 		return "[" + host + "]"
 	}
 	return host
 }
 
-// requestHost is the request's host name, lower case, without port or
-// IPv6 brackets.
+// requestHost is the host of the request's authority (RFC 9110 §7.2,
+// RFC 3986 §3.2.2-3.2.3), lower case, without the port, the IPv6 brackets
+// or a final dot. It is "" for what is no host with an optional port of
+// digits: brackets around anything but an IPv6 address, a bare IPv6
+// address, a port with other characters.
 func requestHost(r *http.Request) string {
-	host := r.Host
-	if h, _, err := net.SplitHostPort(host); err == nil {
-		host = h
-	} else if len(host) > 2 && host[0] == '[' && host[len(host)-1] == ']' {
-		host = host[1 : len(host)-1]
+	host, port := r.Host, ""
+	if rest, ok := strings.CutPrefix(host, "["); ok {
+		literal, after, ok := strings.Cut(rest, "]")
+		if !ok || !isIPv6(literal) {
+			return ""
+		}
+		host = literal
+		if after != "" {
+			if port, ok = strings.CutPrefix(after, ":"); !ok {
+				return ""
+			}
+		}
+	} else if i := strings.LastIndexByte(host, ':'); i >= 0 {
+		host, port = host[:i], host[i+1:]
+		if strings.Contains(host, ":") {
+			return ""
+		}
+	}
+	if strings.Trim(port, "0123456789") != "" {
+		return ""
 	}
 	return strings.ToLower(strings.TrimSuffix(host, "."))
+}
+
+// isIPv6 accepts an IPv6 address without a zone, as an IP-literal holds.
+func isIPv6(s string) bool {
+	a, err := netip.ParseAddr(s)
+	return err == nil && a.Is6() && a.Zone() == ""
 }
 
 func methodNotAllowed(w http.ResponseWriter, allow string) {
