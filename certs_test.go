@@ -87,10 +87,15 @@ func mergeINI(conf, extra string) string {
 					lines[i], done = line, true
 				}
 			}
-			conf = strings.Join(lines, "\n")
 			if !done {
-				conf += "\n" + section + "\n" + line + "\n"
+				// Into the section if conf has it: a section may appear once.
+				if i := slices.Index(lines, section); i >= 0 {
+					lines = slices.Insert(lines, i+1, line)
+				} else {
+					lines = append(lines, section, line, "")
+				}
 			}
+			conf = strings.Join(lines, "\n")
 		}
 	}
 	return conf
