@@ -56,7 +56,7 @@ func TestNewAccountCGIFailures(t *testing.T) {
 		script string
 		code   int
 	}{
-		"hangs":           {"exec sleep 3\n", 504},
+		"hangs":           {"exec sleep 1\n", 504},
 		"no headers":      {"echo\n", 500},
 		"too much output": {"printf 'Content-Type: text/plain\\n\\n'; head -c 100000 /dev/zero\n", 500},
 		"exits 1":         {"exit 1\n", 500},
@@ -69,8 +69,17 @@ func TestNewAccountCGIFailures(t *testing.T) {
 	}
 	for name, c := range cases {
 		t.Run(name, func(t *testing.T) {
-			h := newTestServerWith(t, Config{Domain: "chat.example", NewAccountCGI: writeScript(t, c.script), NewAccountTimeout: 500 * time.Millisecond}, nil).Handler()
-			if rec := do(h, "POST", "https://chat.example/new"); rec.Code != c.code {
+			s := newTestServerWith(t, Config{Domain: "chat.example", NewAccountCGI: writeScript(t, c.script), NewAccountTimeout: 500 * time.Millisecond}, nil)
+			// A script past its timeout runs on and logs when it ends: that
+			// must happen before the test's logger is gone.
+			t.Cleanup(func() {
+				for deadline := time.Now().Add(30 * time.Second); len(s.newAcct.running) > 0; time.Sleep(10 * time.Millisecond) {
+					if time.Now().After(deadline) {
+						t.Fatal("the account script still runs")
+					}
+				}
+			})
+			if rec := do(s.Handler(), "POST", "https://chat.example/new"); rec.Code != c.code {
 				t.Fatalf("%d %q, want %d", rec.Code, rec.Body, c.code)
 			}
 		})
