@@ -53,6 +53,8 @@ https = 127.0.0.1:0
 http = 127.0.0.1:0
 [ech]
 public_name = %s
+[admin]
+address =
 [acme]
 fallback_ca =
 acmetool =
