@@ -54,6 +54,8 @@ http = 127.0.0.1:0
 control_socket = %s/control
 [ech]
 public_name = %s
+[admin]
+address =
 [acme]
 fallback_ca =
 acmetool =
@@ -88,10 +90,15 @@ func mergeINI(conf, extra string) string {
 					lines[i], done = line, true
 				}
 			}
-			conf = strings.Join(lines, "\n")
 			if !done {
-				conf += "\n" + section + "\n" + line + "\n"
+				// Into the section if conf has it: a section may appear once.
+				if i := slices.Index(lines, section); i >= 0 {
+					lines = slices.Insert(lines, i+1, line)
+				} else {
+					lines = append(lines, section, line, "")
+				}
 			}
+			conf = strings.Join(lines, "\n")
 		}
 	}
 	return conf

@@ -34,7 +34,11 @@ func TestEveryNumberHasBounds(t *testing.T) {
 	}
 	for _, c := range cases {
 		path := filepath.Join(dir, "edge.ini")
-		os.WriteFile(path, []byte("[edge]\nchatmail_ini = "+chatmailINI+"\n["+c.section+"]\n"+c.key+" = "+c.value+"\n"), 0o644)
+		header := "[" + c.section + "]\n"
+		if c.section == "edge" {
+			header = "# the key below is in [edge] too\n"
+		}
+		os.WriteFile(path, []byte("[edge]\nchatmail_ini = "+chatmailINI+"\n"+header+c.key+" = "+c.value+"\n"), 0o644)
 		var stderr bytes.Buffer
 		code := run([]string{"serve", "--config", path}, io.Discard, &stderr)
 		if want := path + ":4: " + c.want; code != exitConfig || !strings.Contains(stderr.String(), want) {

@@ -77,8 +77,8 @@ type instance struct {
 	stopped sync.Once
 	wg      sync.WaitGroup
 
-	publishMu sync.Mutex // serialises writes of the METADATA file
-	echMu     sync.Mutex // serialises changes of the ECH keys
+	metadata *metadataPublisher // nil without a METADATA file
+	echMu    sync.Mutex         // serialises changes of the ECH keys
 }
 
 // echKeyCheckInterval is how often the ECH folder is re-read, so that
@@ -94,6 +94,9 @@ func startInstance(cfg instanceConfig, log *zap.Logger) (*instance, error) {
 	}
 	log, recent := teeRecentLog(log)
 	in := &instance{cfg: cfg, log: log, recent: recent, stop: make(chan struct{}), started: time.Now()}
+	if cfg.MetadataFile != "" {
+		in.metadata = newMetadataPublisher(cfg.MetadataFile, log)
+	}
 
 	names := []string{cfg.Domain, "www." + cfg.Domain, "mta-sts." + cfg.Domain, "autoconfig." + cfg.Domain, cfg.PublicName}
 	keys, created, err := edge.EnsureECHKeys(echDir(cfg.StateDir), cfg.PublicName, edge.MaxNameLength(names...), time.Now())
@@ -160,6 +163,9 @@ func startInstance(cfg instanceConfig, log *zap.Logger) (*instance, error) {
 		return nil, err
 	}
 	in.wg.Go(in.watchECHKeys)
+	if in.metadata != nil {
+		in.wg.Go(func() { in.metadata.retryUntil(in.stop) })
+	}
 	return in, nil
 }
 

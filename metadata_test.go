@@ -7,6 +7,10 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 // TestMetadataFileFollowsRotation: the demo publishes the ECH config list
@@ -50,5 +54,73 @@ func TestMetadataFileFollowsRotation(t *testing.T) {
 	_, body := d.get(t, "chatmail.localhost", "/.well-known/autoconfig/mail/config-v1.1.xml")
 	if !strings.Contains(string(body), strings.TrimSpace(after)) {
 		t.Fatalf("autoconfig does not carry the rotated config:\n%s", body)
+	}
+}
+
+// waitUntil polls cond, for states that announce themselves by no event;
+// reaching the deadline fails the test.
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within 30s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestMetadataFileRetriedUntilWritten: a METADATA file that cannot be
+// written (its folder's parent is a regular file: chmod does not stop root)
+// is retried with backoff, logged once, and shown as not current; once the
+// cause is gone the file appears with nothing else done.
+func TestMetadataFileRetriedUntilWritten(t *testing.T) {
+	dir := t.TempDir()
+	blocker := filepath.Join(dir, "run")
+	if err := os.WriteFile(blocker, []byte("not a folder"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(blocker, "chatmail-metadata", "ech-config-list")
+	core, logs := observer.New(zap.InfoLevel)
+	state := t.TempDir()
+	d, err := startDemo(demoConfig{StateDir: state, Domain: "chatmail.localhost", Host: "127.0.0.1", web: demoWeb{MetadataFile: file}}, zap.New(core))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(d.shutdown)
+
+	waitUntil(t, "a retry failed too", func() bool { return d.metadata.State().FailedAttempts >= 2 })
+	if n := logs.FilterMessageSnippet("cannot publish the ECH config list").Len(); n != 1 {
+		t.Fatalf("the failure was logged %d times, want once for the episode", n)
+	}
+	if _, page := d.adminGet(t, "/"); !strings.Contains(string(page), "not current: create the folder: mkdir") {
+		t.Errorf("the admin page does not show the failing METADATA file:\n%s", page)
+	}
+	if _, metrics := d.adminGet(t, "/metrics"); !strings.Contains(string(metrics), `chatmail_edge_ech_metadata_file_current{file="`+file+`"} 0`) {
+		t.Errorf("the metric does not say the file is stale:\n%s", metrics)
+	}
+
+	if err := os.Remove(blocker); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the METADATA file appeared", func() bool { _, err := os.Stat(file); return err == nil })
+	var show bytes.Buffer
+	if code := run([]string{"ech", "show", "--state", state}, &show, io.Discard); code != 0 {
+		t.Fatalf("ech show exit %d", code)
+	}
+	if got, err := os.ReadFile(file); err != nil || string(got) != show.String() {
+		t.Fatalf("METADATA file %q (%v), want the line of ech show %q", got, err, show.String())
+	}
+	if st := d.metadata.State(); !st.Current || st.FailedAttempts != 0 || st.Error != "" {
+		t.Fatalf("state after the write: %+v", st)
+	}
+	if _, page := d.adminGet(t, "/"); !strings.Contains(string(page), "</code>: current</dd>") {
+		t.Errorf("the admin page does not show the file current")
+	}
+	if _, metrics := d.adminGet(t, "/metrics"); !strings.Contains(string(metrics), `chatmail_edge_ech_metadata_file_current{file="`+file+`"} 1`) {
+		t.Errorf("the metric does not say the file is current")
+	}
+	if n := logs.FilterMessageSnippet("after failed attempts").Len(); n != 1 {
+		t.Errorf("the recovery was logged %d times, want once", n)
 	}
 }

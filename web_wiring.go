@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"chatmail-edge/edge"
@@ -147,7 +148,11 @@ func (in *instance) echKeyInfo() web.ECHKeyInfo {
 		return web.ECHKeyInfo{}
 	}
 	p := cur.Parsed()
-	return web.ECHKeyInfo{ConfigID: p.ConfigID, PublicName: p.PublicName, Created: cur.Created, Keys: len(set.Keys)}
+	info := web.ECHKeyInfo{ConfigID: p.ConfigID, PublicName: p.PublicName, Created: cur.Created, Keys: len(set.Keys)}
+	if in.metadata != nil {
+		info.Metadata = in.metadata.State()
+	}
+	return info
 }
 
 // edgeStats hands the edge's counters to web, which does not import edge.
@@ -184,30 +189,132 @@ func backendProbes(b edge.Backends) []web.Probe {
 	return probes
 }
 
-// publishECHConfig writes the ECH config list, base64 on one line, for
+// publishECHConfig has the ECH config list written, base64 on one line, for
 // chatmail's IMAP METADATA service (docs/chatmail-frontend.md §7 pattern:
-// read a file, emit one line). It is rewritten atomically, only when it
-// changes, so a reader never sees half a line.
+// read a file, emit one line). The first attempt is made at once; if it
+// fails, the publisher retries until it succeeds (retryUntil).
 func (in *instance) publishECHConfig(set *edge.ECHKeySet) {
-	path := in.cfg.MetadataFile
-	if path == "" {
-		return
+	if in.metadata != nil {
+		in.metadata.publish(set.Base64()+"\n", set.Current().Parsed().ConfigID)
 	}
-	in.publishMu.Lock()
-	defer in.publishMu.Unlock()
-	line := set.Base64() + "\n"
-	if old, err := os.ReadFile(path); err == nil && string(old) == line {
-		return
-	}
-	err := os.MkdirAll(filepath.Dir(path), 0o755)
+}
+
+// Retries of a failed write of the METADATA file: the first after
+// metadataRetryMin, doubling up to metadataRetryMax.
+const (
+	metadataRetryMin = time.Second
+	metadataRetryMax = 5 * time.Minute
+)
+
+// metadataPublisher keeps the METADATA file equal to the published config
+// list. A failure (a full disk, a folder that is not there yet) is logged
+// once per episode and retried with backoff, so that the file follows
+// without a restart once the cause is gone; the admin page and
+// chatmail_edge_ech_metadata_file_current say whether it is current.
+type metadataPublisher struct {
+	path  string
+	log   *zap.Logger
+	retry chan struct{} // capacity 1: a failed write waits for its retry
+
+	mu       sync.Mutex // serialises writes of the file
+	want     string     // the line the file should hold
+	configID uint8
+	state    web.MetadataFileState
+}
+
+func newMetadataPublisher(path string, log *zap.Logger) *metadataPublisher {
+	return &metadataPublisher{path: path, log: log, retry: make(chan struct{}, 1), state: web.MetadataFileState{Path: path}}
+}
+
+// publish makes line the file's content, with one attempt now.
+func (p *metadataPublisher) publish(line string, configID uint8) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.want, p.configID = line, configID
+	p.attemptLocked(time.Now())
+}
+
+// attemptLocked writes the wanted line unless the file holds it, and
+// records the outcome. It rewrites atomically, only on a change, so a reader
+// never sees half a line.
+func (p *metadataPublisher) attemptLocked(now time.Time) {
+	err := p.write()
 	if err == nil {
-		// World-readable: it is published anyway, and chatmail-metadata
-		// runs as another user.
-		err = atomicfile.Write(path, []byte(line), 0o644)
-	}
-	if err != nil {
-		in.log.Error("cannot publish the ECH config list for IMAP METADATA", zap.String("file", path), zap.Error(err))
+		if p.state.FailedAttempts > 0 {
+			p.log.Info("published the ECH config list for IMAP METADATA after failed attempts", zap.String("file", p.path),
+				zap.Int("failed_attempts", p.state.FailedAttempts), zap.Duration("failing_for", now.Sub(p.state.FailingSince).Round(time.Second)))
+		}
+		p.state = web.MetadataFileState{Path: p.path, Current: true}
 		return
 	}
-	in.log.Info("published the ECH config list for IMAP METADATA", zap.String("file", path), zap.Uint8("config_id", set.Current().Parsed().ConfigID))
+	if p.state.FailedAttempts == 0 {
+		p.log.Error("cannot publish the ECH config list for IMAP METADATA; retrying until it works", zap.String("file", p.path), zap.Error(err))
+		p.state.FailingSince = now
+	}
+	p.state.FailedAttempts++
+	p.state.Current, p.state.Error = false, err.Error()
+	p.state.NextAttempt = now.Add(p.retryDelay())
+	select {
+	case p.retry <- struct{}{}:
+	default: // a retry is pending already
+	}
+}
+
+// write puts the wanted line into the file.
+func (p *metadataPublisher) write() error {
+	if old, err := os.ReadFile(p.path); err == nil && string(old) == p.want {
+		return nil
+	}
+	if err := os.MkdirAll(filepath.Dir(p.path), 0o755); err != nil {
+		return fmt.Errorf("create the folder: %w", err)
+	}
+	// World-readable: it is published anyway, and chatmail-metadata runs
+	// as another user.
+	if err := atomicfile.Write(p.path, []byte(p.want), 0o644); err != nil {
+		return err
+	}
+	p.log.Info("published the ECH config list for IMAP METADATA", zap.String("file", p.path), zap.Uint8("config_id", p.configID))
+	return nil
+}
+
+// retryDelay is the wait before the next attempt after the failed ones.
+func (p *metadataPublisher) retryDelay() time.Duration {
+	d := metadataRetryMin
+	for i := 1; i < p.state.FailedAttempts && d < metadataRetryMax; i++ {
+		d *= 2
+	}
+	return min(d, metadataRetryMax)
+}
+
+// retryUntil runs the retries of failed writes until stop is closed.
+func (p *metadataPublisher) retryUntil(stop <-chan struct{}) {
+	for {
+		select {
+		case <-stop:
+			return
+		case <-p.retry:
+		}
+		p.mu.Lock()
+		next := p.state.NextAttempt
+		p.mu.Unlock()
+		timer := time.NewTimer(time.Until(next))
+		select {
+		case <-stop:
+			timer.Stop()
+			return
+		case <-timer.C:
+		}
+		p.mu.Lock()
+		if !p.state.Current {
+			p.attemptLocked(time.Now())
+		}
+		p.mu.Unlock()
+	}
+}
+
+// State is what the admin page and the metrics show.
+func (p *metadataPublisher) State() web.MetadataFileState {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.state
 }

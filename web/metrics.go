@@ -43,7 +43,7 @@ type edgeCollector struct {
 	buildInfo, accepted, active, routed, handshakes, handshakeSeconds *prometheus.Desc
 	queueWaitSeconds, waitingForHello, handshakeQueue, sourceRefusals *prometheus.Desc
 	failures, backendDialErrors, bytes, sessions, pending             *prometheus.Desc
-	echKeys, echCreated                                               *prometheus.Desc
+	echKeys, echCreated, metadataCurrent                              *prometheus.Desc
 	certExpiry, acmeError, acmeLastError, acmeNextAttempt             *prometheus.Desc
 	serviceUp, probeSeconds, probeFailures, upstreamErrors            *prometheus.Desc
 }
@@ -71,6 +71,7 @@ func newEdgeCollector(s *Server) *edgeCollector {
 		pending:           d("handshakes_pending", "Connections waiting for or in their TLS handshake."),
 		echKeys:           d("ech_keys", "ECH keys held (the newest is published, older ones still decrypt)."),
 		echCreated:        d("ech_current_key_created_timestamp_seconds", "When the published ECH key was created.", "config_id"),
+		metadataCurrent:   d("ech_metadata_file_current", "1 if the IMAP METADATA file holds the published ECH config list; 0 while writing it fails and is retried.", "file"),
 		certExpiry:        d("certificate_expiry_timestamp_seconds", "NotAfter of each certificate served.", "cert", "source"),
 		acmeError:         d("acme_error", "1 while the last attempt to obtain or renew the certificate failed.", "cert"),
 		acmeLastError:     d("acme_last_error_timestamp_seconds", "When obtaining or renewing the certificate last failed (absent if never).", "cert"),
@@ -86,7 +87,7 @@ func (c *edgeCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		c.buildInfo, c.accepted, c.active, c.routed, c.handshakes, c.handshakeSeconds,
 		c.queueWaitSeconds, c.waitingForHello, c.handshakeQueue, c.sourceRefusals,
-		c.failures, c.backendDialErrors, c.bytes, c.sessions, c.pending, c.echKeys, c.echCreated,
+		c.failures, c.backendDialErrors, c.bytes, c.sessions, c.pending, c.echKeys, c.echCreated, c.metadataCurrent,
 		c.certExpiry, c.acmeError, c.acmeLastError, c.acmeNextAttempt,
 		c.serviceUp, c.probeSeconds, c.probeFailures, c.upstreamErrors,
 	} {
@@ -145,17 +146,16 @@ func (c *edgeCollector) Collect(ch chan<- prometheus.Metric) {
 		k := s.deps.ECHKey()
 		gauge(c.echKeys, float64(k.Keys))
 		gauge(c.echCreated, float64(k.Created.Unix()), strconv.Itoa(int(k.ConfigID)))
+		if m := k.Metadata; m.Path != "" {
+			gauge(c.metadataCurrent, boolGauge(m.Current), m.Path)
+		}
 	}
 	for _, cert := range s.certs() {
 		name := strings.Join(cert.Names, ",")
 		if !cert.NotAfter.IsZero() {
 			gauge(c.certExpiry, float64(cert.NotAfter.Unix()), name, cert.Source)
 		}
-		failing := 0.0
-		if cert.LastError != "" {
-			failing = 1
-		}
-		gauge(c.acmeError, failing, name)
+		gauge(c.acmeError, boolGauge(cert.LastError != ""), name)
 		if !cert.LastErrorAt.IsZero() {
 			gauge(c.acmeLastError, float64(cert.LastErrorAt.Unix()), name)
 		}
@@ -167,15 +167,18 @@ func (c *edgeCollector) Collect(ch chan<- prometheus.Metric) {
 		if h.Checked.IsZero() {
 			continue
 		}
-		up := 0.0
-		if h.Up {
-			up = 1
-		}
-		gauge(c.serviceUp, up, h.Name)
+		gauge(c.serviceUp, boolGauge(h.Up), h.Name)
 		gauge(c.probeSeconds, h.Latency.Seconds(), h.Name)
 		counter(c.probeFailures, h.Failures, h.Name)
 	}
 	for _, up := range s.upstreams {
 		counter(c.upstreamErrors, up.errors.Load(), up.name)
 	}
+}
+
+func boolGauge(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"golang.org/x/net/http/httpguts"
 )
 
 const (
@@ -148,22 +149,75 @@ func (n *newAccounts) runCGI(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "account creation failed", http.StatusInternalServerError)
 		return
 	}
-	for k, v := range rec.Header() {
-		w.Header()[k] = v
+	if rec.badStatus != 0 || !rec.answered {
+		// nginx answers an upstream's invalid status line so.
+		// net/http/cgi gives up without a word on a "Status:" line that
+		// does not start with three digits.
+		n.log.Error("account script answered an invalid status", zap.String("script", n.cgi.Path), zap.Int("status", rec.badStatus))
+		http.Error(w, "account creation failed", http.StatusBadGateway)
+		return
+	}
+	if err := copyScriptHeader(w.Header(), rec.Header()); err != nil {
+		// nginx answers an upstream's invalid header so.
+		n.log.Error("account script answered an invalid header", zap.String("script", n.cgi.Path), zap.Error(err))
+		http.Error(w, "account creation failed", http.StatusBadGateway)
+		return
 	}
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(rec.Code)
 	w.Write(rec.Body.Bytes())
 }
 
-// cappedRecorder records at most limit body bytes.
+// cappedRecorder records at most limit body bytes, and a status that is no
+// final one (200-599), which net/http/cgi passes on from the script's
+// "Status:" line as it is, instead of panicking on it.
 type cappedRecorder struct {
 	*httptest.ResponseRecorder
-	limit    int
-	overflow bool
+	limit     int
+	overflow  bool
+	badStatus int
+	answered  bool // a status was set: net/http/cgi answers every run but one with a bad "Status:" line
+}
+
+func (c *cappedRecorder) WriteHeader(code int) {
+	c.answered = true
+	if code < 200 || code > 599 {
+		c.badStatus = code
+		code = http.StatusBadGateway
+	}
+	c.ResponseRecorder.WriteHeader(code)
+}
+
+// scriptFramingFields are the header fields of a CGI answer that are not
+// passed on: hop-by-hop ones (RFC 9110 §7.6.1) and the response's framing,
+// which net/http sets for the body it sends (RFC 3875 §6.3.4 leaves
+// Content-Length to the server).
+var scriptFramingFields = map[string]bool{
+	"Connection": true, "Keep-Alive": true, "Proxy-Connection": true, "Te": true, "Trailer": true,
+	"Transfer-Encoding": true, "Upgrade": true, "Content-Length": true,
+}
+
+// copyScriptHeader copies the script's header fields to dst, without the
+// framing ones; a field value that is not valid (RFC 9110 §5.5) fails the
+// answer, and then nothing is copied.
+func copyScriptHeader(dst, src http.Header) error {
+	for name, values := range src {
+		for _, v := range values {
+			if !httpguts.ValidHeaderFieldValue(v) {
+				return fmt.Errorf("%s: invalid value %q", name, v)
+			}
+		}
+	}
+	for name, values := range src {
+		if !scriptFramingFields[name] {
+			dst[name] = values
+		}
+	}
+	return nil
 }
 
 func (c *cappedRecorder) Write(p []byte) (int, error) {
+	c.answered = true
 	if c.Body.Len()+len(p) > c.limit {
 		c.overflow = true
 		return 0, fmt.Errorf("CGI output over %d bytes", c.limit)

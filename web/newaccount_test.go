@@ -56,15 +56,30 @@ func TestNewAccountCGIFailures(t *testing.T) {
 		script string
 		code   int
 	}{
-		"hangs":           {"exec sleep 3\n", 504},
+		"hangs":           {"exec sleep 1\n", 504},
 		"no headers":      {"echo\n", 500},
 		"too much output": {"printf 'Content-Type: text/plain\\n\\n'; head -c 100000 /dev/zero\n", 500},
 		"exits 1":         {"exit 1\n", 500},
+		// Found by FuzzNewAccountCGIOutput: a status below 100 crashed the
+		// edge (net/http/cgi hands it on, httptest's recorder panics in
+		// the script's goroutine); a bogus one gave an empty 200.
+		"status 099":   {"printf 'Status: 099 Low\\nContent-Type: text/plain\\n\\nx'\n", 502},
+		"status 101":   {"printf 'Status: 101 Switching Protocols\\nUpgrade: websocket\\n\\n'\n", 502},
+		"bogus status": {"printf 'Status: abc\\nContent-Type: text/plain\\n\\nx'\n", 502},
 	}
 	for name, c := range cases {
 		t.Run(name, func(t *testing.T) {
-			h := newTestServerWith(t, Config{Domain: "chat.example", NewAccountCGI: writeScript(t, c.script), NewAccountTimeout: 500 * time.Millisecond}, nil).Handler()
-			if rec := do(h, "POST", "https://chat.example/new"); rec.Code != c.code {
+			s := newTestServerWith(t, Config{Domain: "chat.example", NewAccountCGI: writeScript(t, c.script), NewAccountTimeout: 500 * time.Millisecond}, nil)
+			// A script past its timeout runs on and logs when it ends: that
+			// must happen before the test's logger is gone.
+			t.Cleanup(func() {
+				for deadline := time.Now().Add(30 * time.Second); len(s.newAcct.running) > 0; time.Sleep(10 * time.Millisecond) {
+					if time.Now().After(deadline) {
+						t.Fatal("the account script still runs")
+					}
+				}
+			})
+			if rec := do(s.Handler(), "POST", "https://chat.example/new"); rec.Code != c.code {
 				t.Fatalf("%d %q, want %d", rec.Code, rec.Body, c.code)
 			}
 		})
@@ -72,6 +87,28 @@ func TestNewAccountCGIFailures(t *testing.T) {
 	missing := newTestServerWith(t, Config{Domain: "chat.example", NewAccountCGI: "/nonexistent/newemail.py"}, nil).Handler()
 	if rec := do(missing, "POST", "https://chat.example/new"); rec.Code != 500 {
 		t.Fatalf("missing script: %d", rec.Code)
+	}
+}
+
+// TestNewAccountCGIHeaderFields: the script's framing and hop-by-hop fields
+// are not passed on (net/http frames the body itself), and an invalid field
+// value fails the answer with 502, as with nginx.
+func TestNewAccountCGIHeaderFields(t *testing.T) {
+	script := writeScript(t, "printf 'Content-Type: text/plain\\nContent-Length: 2\\nConnection: close\\nX-Good: yes\\n\\nhello'\n")
+	h := newTestServerWith(t, Config{Domain: "chat.example", NewAccountCGI: script}, nil).Handler()
+	rec := do(h, "POST", "https://chat.example/new")
+	if rec.Code != 200 || rec.Body.String() != "hello" || rec.Header().Get("X-Good") != "yes" {
+		t.Fatalf("%d %q %v", rec.Code, rec.Body, rec.Header())
+	}
+	for _, name := range []string{"Content-Length", "Connection"} {
+		if v, ok := rec.Header()[name]; ok {
+			t.Errorf("%s %q passed on", name, v)
+		}
+	}
+	bad := writeScript(t, "printf 'Content-Type: text/plain\\nX-Bad: a\\001b\\n\\nhello'\n")
+	h = newTestServerWith(t, Config{Domain: "chat.example", NewAccountCGI: bad}, nil).Handler()
+	if rec := do(h, "POST", "https://chat.example/new"); rec.Code != 502 || rec.Header().Get("X-Bad") != "" {
+		t.Fatalf("invalid field value: %d %v", rec.Code, rec.Header())
 	}
 }
 

@@ -66,6 +66,14 @@ type echView struct {
 	Created    string
 	Age        string
 	Keys       int
+	// Admin page only.
+	Metadata metadataView
+}
+
+type metadataView struct {
+	Path, Error, FailingSince, NextAttempt string
+	Current                                bool
+	FailedAttempts                         int
 }
 
 type listenerView struct {
@@ -143,6 +151,9 @@ func (s *Server) statusPage(admin bool) statusPage {
 	if !admin {
 		return page
 	}
+	if s.deps.ECHKey != nil {
+		page.ECH.Metadata = metadataViewOf(s.deps.ECHKey().Metadata)
+	}
 	st := s.edgeStats()
 	page.Sessions, page.Pending = st.ActiveSessions, st.Pending
 	page.WaitingForHello, page.HandshakeQueue = st.WaitingForHello, st.HandshakeQueue
@@ -174,6 +185,17 @@ func (s *Server) certs() []acme.CertStatus {
 		return nil
 	}
 	return s.deps.Certs.Status()
+}
+
+func metadataViewOf(m MetadataFileState) metadataView {
+	v := metadataView{Path: m.Path, Current: m.Current, Error: m.Error, FailedAttempts: m.FailedAttempts}
+	if !m.FailingSince.IsZero() {
+		v.FailingSince = m.FailingSince.UTC().Format(time.RFC3339)
+	}
+	if !m.NextAttempt.IsZero() {
+		v.NextAttempt = m.NextAttempt.UTC().Format(time.RFC3339)
+	}
+	return v
 }
 
 func certViewOf(c acme.CertStatus, now time.Time, admin bool) certView {

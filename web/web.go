@@ -10,6 +10,7 @@ import (
 	"html/template"
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -91,6 +92,20 @@ type ECHKeyInfo struct {
 	PublicName string
 	Created    time.Time
 	Keys       int // keys held, the current one included
+	// Metadata is the file the config list is published in for chatmail's
+	// IMAP METADATA; shown on the admin page only.
+	Metadata MetadataFileState
+}
+
+// MetadataFileState says whether the METADATA file holds the published ECH
+// config list.
+type MetadataFileState struct {
+	Path           string // "" when no file is configured
+	Current        bool
+	Error          string    // the last failed write, while not current
+	FailedAttempts int       // failed writes since it was last current
+	FailingSince   time.Time // the first failed write of this episode
+	NextAttempt    time.Time // the next retry, while not current
 }
 
 // Server holds the HTTPS handler, the plain-HTTP (:80) handler and the
@@ -239,22 +254,6 @@ func (s *Server) AdminHandler() http.Handler {
 	return mux
 }
 
-// NewHTTPServer wraps h with the timeouts every listener of ours uses.
-// ReadHeaderTimeout also bounds the TLS handshake net/http would otherwise
-// run; IdleTimeout follows mox (Chrome drops idle connections after 60s).
-// There is no overall read or write timeout, since /mxdeliv bodies and
-// /relay WebSockets are long; those handlers set their own deadlines.
-func NewHTTPServer(h http.Handler, log *zap.Logger, connState func(net.Conn, http.ConnState)) *http.Server {
-	return &http.Server{
-		Handler:           h,
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       65 * time.Second,
-		MaxHeaderBytes:    64 << 10,
-		ConnState:         connState,
-		ErrorLog:          zap.NewStdLog(log.Named("http")),
-	}
-}
-
 // origin is https://<domain> with the port when it is not 443.
 func (s *Server) origin() string {
 	if s.cfg.HTTPSPort == 0 || s.cfg.HTTPSPort == 443 {
@@ -263,24 +262,49 @@ func (s *Server) origin() string {
 	return "https://" + net.JoinHostPort(s.cfg.Domain, strconv.Itoa(s.cfg.HTTPSPort))
 }
 
-// hostForURL brackets an IPv6 literal.
+// hostForURL brackets an IPv6 literal, in any of its forms (an IPv4-mapped
+// one too: "::ffff:192.0.2.1").
 func hostForURL(host string) string {
-	if ip := net.ParseIP(host); ip != nil && ip.To4() == nil {
+	if strings.Contains(host, ":") {
 		return "[" + host + "]"
 	}
 	return host
 }
 
-// requestHost is the request's host name, lower case, without port or
-// IPv6 brackets.
+// requestHost is the host of the request's authority (RFC 9110 §7.2,
+// RFC 3986 §3.2.2-3.2.3), lower case, without the port, the IPv6 brackets
+// or a final dot. It is "" for what is no host with an optional port of
+// digits: brackets around anything but an IPv6 address, a bare IPv6
+// address, a port with other characters.
 func requestHost(r *http.Request) string {
-	host := r.Host
-	if h, _, err := net.SplitHostPort(host); err == nil {
-		host = h
-	} else if len(host) > 2 && host[0] == '[' && host[len(host)-1] == ']' {
-		host = host[1 : len(host)-1]
+	host, port := r.Host, ""
+	if rest, ok := strings.CutPrefix(host, "["); ok {
+		literal, after, ok := strings.Cut(rest, "]")
+		if !ok || !isIPv6(literal) {
+			return ""
+		}
+		host = literal
+		if after != "" {
+			if port, ok = strings.CutPrefix(after, ":"); !ok {
+				return ""
+			}
+		}
+	} else if i := strings.LastIndexByte(host, ':'); i >= 0 {
+		host, port = host[:i], host[i+1:]
+		if strings.Contains(host, ":") {
+			return ""
+		}
+	}
+	if strings.Trim(port, "0123456789") != "" {
+		return ""
 	}
 	return strings.ToLower(strings.TrimSuffix(host, "."))
+}
+
+// isIPv6 accepts an IPv6 address without a zone, as an IP-literal holds.
+func isIPv6(s string) bool {
+	a, err := netip.ParseAddr(s)
+	return err == nil && a.Is6() && a.Zone() == ""
 }
 
 func methodNotAllowed(w http.ResponseWriter, allow string) {

@@ -93,6 +93,11 @@ func TestRedirectToHTTPS(t *testing.T) {
 		{"[::1]:80", "/", "https://[::1]/"},
 		{`evil"host`, "/", "https://chat.example/"},
 		{"", "/", "https://chat.example/"},
+		// Found by FuzzRequestHost and FuzzRedirectLocation.
+		{"[::ffff:192.0.2.1]", "/", "https://[::ffff:192.0.2.1]/"},
+		{"[www.evil.example]:80", "/", "https://chat.example/"},
+		{"::1", "/", "https://chat.example/"},
+		{"evil.example:x", "/", "https://chat.example/"},
 	}
 	for _, c := range cases {
 		req := httptest.NewRequest("GET", c.uri, nil)

@@ -77,28 +77,26 @@ func Parse(path string, data []byte) (*File, error) {
 			last.Value = strings.TrimSpace(last.Value + "\n" + line)
 			continue
 		case line[0] == '[':
-			if !strings.HasSuffix(line, "]") || len(line) < 3 {
+			name, ok := strings.CutSuffix(line[1:], "]")
+			if name = strings.TrimSpace(name); !ok || name == "" {
 				return nil, &Error{path, n, fmt.Sprintf("malformed section header %q", line)}
-			}
-			name := strings.TrimSpace(line[1 : len(line)-1])
-			if f.Section(name) != nil {
-				return nil, &Error{path, n, fmt.Sprintf("section [%s] appears twice", name)}
 			}
 			if len(cur.Keys) > 0 || cur.Name != "" {
 				f.Sections = append(f.Sections, cur)
+			}
+			if f.Section(name) != nil {
+				return nil, &Error{path, n, fmt.Sprintf("section [%s] appears twice", name)}
 			}
 			cur = &Section{Name: name, Line: n}
 			last = nil
 			continue
 		}
-		key, val, ok := strings.Cut(line, "=")
-		if !ok {
-			key, val, ok = strings.Cut(line, ":")
-		}
-		key = strings.ToLower(strings.TrimSpace(key))
-		if !ok || key == "" {
+		// The first "=" or ":" ends the key, as in configparser.
+		i := strings.IndexAny(line, "=:")
+		if i <= 0 || strings.TrimSpace(line[:i]) == "" {
 			return nil, &Error{path, n, fmt.Sprintf("expected \"key = value\", got %q", line)}
 		}
+		key, val := strings.ToLower(strings.TrimSpace(line[:i])), line[i+1:]
 		for _, v := range cur.Keys {
 			if v.Key == key {
 				return nil, &Error{path, n, fmt.Sprintf("key %q already set on line %d", key, v.Line)}

@@ -20,6 +20,10 @@ func TestParseChatmailStyle(t *testing.T) {
 	if v := f.Get("other", "key"); v == nil || v.Value != "value" {
 		t.Fatalf("colon form = %+v", v)
 	}
+	// configparser ends the key at the first "=" or ":" (found by FuzzParse).
+	if f, err := Parse("f.ini", []byte("[a]\nk:v = w\n")); err != nil || f.Get("a", "k") == nil || f.Get("a", "k").Value != "v = w" {
+		t.Fatalf("key before a colon: %v", err)
+	}
 	if f.Get("params", "missing") != nil || f.Get("missing", "x") != nil {
 		t.Fatal("found what is not there")
 	}
@@ -32,6 +36,10 @@ func TestParseErrorsNameFileAndLine(t *testing.T) {
 		"[a\n":                "f.ini:1: malformed section header",
 		"  indented first\n":  "f.ini:1: indented line",
 		"[a]\n[b]\n[a]\n":     "f.ini:3: section [a] appears twice",
+		// Found by FuzzParse: a repeated section right after itself, and
+		// one without a name, were taken as new ones.
+		"[a]\nx = 1\n[a]\ny = 2\n": "f.ini:3: section [a] appears twice",
+		"x = 1\n[ ]\nx = 2\n":      "f.ini:2: malformed section header",
 	}
 	for src, want := range cases {
 		_, err := Parse("f.ini", []byte(src))
