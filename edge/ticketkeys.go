@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
 	"strings"
 	"time"
 
@@ -76,8 +75,14 @@ func formatTicketKeys(keys []ticketKey) []byte {
 	return b.Bytes()
 }
 
+// maxTicketKeyFile bounds the key file: a few keys of about 80 bytes.
+const maxTicketKeyFile = 4 << 10
+
+// readTicketKeys reads the key file. Only the newest ticketKeysKept keys
+// are used; a line that is not a key, or a time that formatTicketKeys could
+// not write back (outside the years 1 to 9999), makes the file unreadable.
 func readTicketKeys(path string) ([]ticketKey, error) {
-	data, err := os.ReadFile(path)
+	data, err := atomicfile.ReadLimited(path, maxTicketKeyFile)
 	if err != nil {
 		return nil, err
 	}
@@ -91,12 +96,15 @@ func readTicketKeys(path string) ([]ticketKey, error) {
 		when, b64, ok := strings.Cut(text, " ")
 		created, terr := time.Parse(time.RFC3339, when)
 		raw, berr := base64.StdEncoding.DecodeString(b64)
-		if !ok || terr != nil || berr != nil || len(raw) != 32 {
+		if y := created.UTC().Year(); !ok || terr != nil || berr != nil || len(raw) != 32 || y < 1 || y > 9999 {
 			return nil, fmt.Errorf("%s:%d: malformed key line", path, line)
 		}
 		k := ticketKey{created: created}
 		copy(k.key[:], raw)
 		keys = append(keys, k)
 	}
-	return keys, nil
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return keys[:min(len(keys), ticketKeysKept)], nil
 }
