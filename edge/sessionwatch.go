@@ -117,11 +117,24 @@ func (w *imapWatch) clientLine(head []byte) {
 	if w.commands > maxIMAPCommands {
 		w.commandsLost = true
 	}
-	f := bytes.Fields(head)
-	w.lastIsIdle = len(f) >= 2 && bytes.EqualFold(f[1], []byte("IDLE"))
-	if len(f) >= 2 && bytes.EqualFold(f[1], []byte("COMPRESS")) {
+	command := secondWord(head)
+	w.lastIsIdle = bytes.EqualFold(command, []byte("IDLE"))
+	if bytes.EqualFold(command, []byte("COMPRESS")) {
 		w.compressed = true
 	}
+}
+
+// secondWord is the word after the first space of line, up to the next
+// space or the line's end: an IMAP command's name after its tag.
+func secondWord(line []byte) []byte {
+	_, rest, ok := bytes.Cut(line, []byte(" "))
+	if !ok {
+		return nil
+	}
+	if i := bytes.IndexAny(rest, " \r\n"); i >= 0 {
+		rest = rest[:i]
+	}
+	return rest
 }
 
 // serverLine takes a whole line from the server: untagged ("*"), a
@@ -177,7 +190,8 @@ func (w *imapWatch) farewell(host string) []byte {
 func (s *imapStream) atRest() bool { return !s.overflow && s.literal == 0 && !s.midLine }
 
 // feed follows p; onLine gets the first bytes (up to lineHeadLen) of every
-// line that ends in p.
+// line that ends in p. A line's start and end are copied only when it
+// spans reads: most lines are looked at where they are.
 func (s *imapStream) feed(p []byte, onLine func(head []byte)) {
 	for len(p) > 0 && !s.overflow {
 		if s.literal > 0 {
@@ -189,39 +203,46 @@ func (s *imapStream) feed(p []byte, onLine func(head []byte)) {
 			p = p[n:]
 			continue // after a literal the line goes on
 		}
-		if !s.midLine {
-			s.midLine = true
-			s.headLen, s.tailLen = 0, 0
-		}
 		i := bytes.IndexByte(p, '\n')
-		line := p
-		if i >= 0 {
-			line = p[:i+1]
-		}
-		s.keepHead(line)
-		s.keepTail(line)
-		p = p[len(line):]
 		if i < 0 {
+			s.keepHead(p)
+			s.keepTail(p)
+			s.midLine = true
 			return
 		}
+		line := p[:i+1]
+		p = p[i+1:]
 		// A line ends here, unless it announced a literal: then the literal's
 		// bytes follow and the line continues after them.
-		if n, ok := literalAnnounced(s.tail[:s.tailLen]); ok {
+		tail := line
+		var joined [2 * lineTailLen]byte
+		if s.midLine && len(line) < lineTailLen {
+			n := copy(joined[:], s.tail[:s.tailLen])
+			tail = joined[:n+copy(joined[n:], line)]
+		}
+		if n, ok := literalAnnounced(tail); ok {
 			if n > 1<<40 {
 				s.overflow = true // not a literal anyone sends: judge nothing any more
 				return
 			}
-			s.literal = n
-			s.tailLen = 0
+			s.keepHead(line)
+			s.literal, s.tailLen, s.midLine = n, 0, true
 			continue
 		}
-		s.midLine = false
-		onLine(s.head[:s.headLen])
+		head := line[:min(len(line), lineHeadLen)]
+		if s.midLine {
+			s.keepHead(line)
+			head = s.head[:s.headLen]
+		}
+		onLine(head)
+		s.midLine, s.headLen, s.tailLen = false, 0, 0
 	}
 }
 
 func (s *imapStream) keepHead(b []byte) {
-	s.headLen += copy(s.head[s.headLen:], b)
+	if s.headLen < lineHeadLen {
+		s.headLen += copy(s.head[s.headLen:], b)
+	}
 }
 
 func (s *imapStream) keepTail(b []byte) {
@@ -240,12 +261,17 @@ func (s *imapStream) keepTail(b []byte) {
 // "{" number ["+" / "-"] "}" CRLF (RFC 9051 §4.3, RFC 7888 LITERAL+ and
 // LITERAL-). A bare LF ends the line too, as Dovecot accepts it.
 func literalAnnounced(tail []byte) (uint64, bool) {
-	tail = bytes.TrimSuffix(tail, []byte("\n"))
-	tail = bytes.TrimSuffix(tail, []byte("\r"))
-	if len(tail) < 3 || tail[len(tail)-1] != '}' {
+	n := len(tail)
+	if n > 0 && tail[n-1] == '\n' {
+		n--
+	}
+	if n > 0 && tail[n-1] == '\r' {
+		n--
+	}
+	if n < 3 || tail[n-1] != '}' {
 		return 0, false
 	}
-	tail = tail[:len(tail)-1]
+	tail = tail[:n-1]
 	if c := tail[len(tail)-1]; c == '+' || c == '-' {
 		tail = tail[:len(tail)-1]
 	}
@@ -254,14 +280,14 @@ func literalAnnounced(tail []byte) (uint64, bool) {
 	if open < 0 || len(digits) == 0 || len(digits) > 13 {
 		return 0, false
 	}
-	var n uint64
+	var size uint64
 	for _, c := range digits {
 		if c < '0' || c > '9' {
 			return 0, false
 		}
-		n = n*10 + uint64(c-'0')
+		size = size*10 + uint64(c-'0')
 	}
-	return n, true
+	return size, true
 }
 
 // smtpWatch follows SMTP (RFC 5321) with pipelining (RFC 2920) and CHUNKING
@@ -449,14 +475,15 @@ func (w *smtpWatch) command(head []byte) {
 		w.expect(expectOther)
 		return
 	}
-	verb := bytes.ToUpper(head[:min(len(head), 4)])
-	switch string(verb) {
-	case "MAIL":
+	verb := head[:min(len(head), 4)]
+	is := func(v string) bool { return bytes.EqualFold(verb, []byte(v)) }
+	switch {
+	case is("MAIL"):
 		w.expect(expectMail)
-	case "DATA":
+	case is("DATA"):
 		w.expect(expectData)
 		w.client.mode = clientDataAfterDATA
-	case "BDAT":
+	case is("BDAT"):
 		size, last, ok := parseBDAT(head)
 		if !ok {
 			w.client.broken = true // malformed: judge no more
@@ -471,7 +498,7 @@ func (w *smtpWatch) command(head []byte) {
 		if size > 0 {
 			w.client.mode, w.client.chunk = clientChunk, size
 		}
-	case "RSET":
+	case is("RSET"):
 		w.expect(expectRSET)
 	default:
 		w.expect(expectOther)
