@@ -5,14 +5,12 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
 	"chatmail-edge/edge"
-	"chatmail-edge/internal/atomicfile"
 	"chatmail-edge/mail"
+	"chatmail-edge/metadata"
 	"chatmail-edge/web"
 
 	"go.uber.org/zap"
@@ -185,8 +183,8 @@ func backendProbes(b edge.Backends) []web.Probe {
 }
 
 // publishECHConfig writes the ECH config list, base64 on one line, for
-// chatmail's IMAP METADATA service (docs/chatmail-frontend.md §7 pattern:
-// read a file, emit one line). It is rewritten atomically, only when it
+// IMAP METADATA (docs/METADATA.md): the metadata proxy answers
+// metadata.ECHEntry from it. It is rewritten atomically, only when it
 // changes, so a reader never sees half a line.
 func (in *instance) publishECHConfig(set *edge.ECHKeySet) {
 	path := in.cfg.MetadataFile
@@ -195,19 +193,12 @@ func (in *instance) publishECHConfig(set *edge.ECHKeySet) {
 	}
 	in.publishMu.Lock()
 	defer in.publishMu.Unlock()
-	line := set.Base64() + "\n"
-	if old, err := os.ReadFile(path); err == nil && string(old) == line {
-		return
-	}
-	err := os.MkdirAll(filepath.Dir(path), 0o755)
-	if err == nil {
-		// World-readable: it is published anyway, and chatmail-metadata
-		// runs as another user.
-		err = atomicfile.Write(path, []byte(line), 0o644)
-	}
+	changed, err := metadata.PublishECHConfigList(path, set.ConfigList())
 	if err != nil {
 		in.log.Error("cannot publish the ECH config list for IMAP METADATA", zap.String("file", path), zap.Error(err))
 		return
 	}
-	in.log.Info("published the ECH config list for IMAP METADATA", zap.String("file", path), zap.Uint8("config_id", set.Current().Parsed().ConfigID))
+	if changed {
+		in.log.Info("published the ECH config list for IMAP METADATA", zap.String("file", path), zap.Uint8("config_id", set.Current().Parsed().ConfigID))
+	}
 }
