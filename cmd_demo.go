@@ -16,6 +16,7 @@ import (
 	"chatmail-edge/acme"
 	"chatmail-edge/edge"
 	"chatmail-edge/mail"
+	"chatmail-edge/metadata"
 
 	"go.uber.org/zap"
 )
@@ -116,6 +117,9 @@ func startDemo(c demoConfig, log *zap.Logger) (*demo, error) {
 	certs := acme.NewStatic(leaf, "local-ca")
 
 	delivery := mail.NewLocalDelivery(c.Domain, log.Named("delivery"))
+	// GETMETADATA "" answers the ECH entry from the file the instance
+	// publishes, as Dovecot does through the metadata proxy on a relay.
+	delivery.SetServerMetadata(metadata.NewECHFile(c.metadataFile(), log.Named("metadata")).ServerEntry)
 	if err := delivery.Start(); err != nil {
 		return nil, fmt.Errorf("start local delivery: %w", err)
 	}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"chatmail-edge/internal/ini"
+	"chatmail-edge/metadata"
 )
 
 // errConfig marks configuration errors (exit status exitConfig).
@@ -216,7 +217,7 @@ var coreOptions = []option{
 		str(func(s *settings) *string { return &s.ECHPublicName })},
 	{"ech", "retire_grace", "720h", "`chatmail-edge ech retire` drops keys superseded longer ago than this. Clients holding an older config get retry configs while its key exists.",
 		durationIn(time.Hour, 10*365*24*time.Hour, func(s *settings) *time.Duration { return &s.ECHRetireGrace })},
-	{"ech", "metadata_file", "/run/chatmail-edge/ech-config-list", "The published ECHConfigList, base64 on one line, rewritten atomically when the keys change: for chatmail's IMAP METADATA service (docs/AUTOCONFIG.md). Empty disables it.",
+	{"ech", "metadata_file", metadata.DefaultECHFile, "The published ECHConfigList, base64 on one line, rewritten atomically when the keys change: the metadata proxy answers the IMAP METADATA key /shared/vendor/deltachat/ech from it (docs/METADATA.md). Empty disables it.",
 		str(func(s *settings) *string { return &s.ECHMetadataFile })},
 	{"imap", "backend", "tls", "tls: re-encrypt to Dovecot's implicit-TLS port (no Dovecot change). proxy: plaintext with a PROXY v2 header to a haproxy=yes listener (see docs/PROXY.md).",
 		backendMode(func(s *settings) *string { return &s.IMAPBackend.Mode })},

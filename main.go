@@ -32,6 +32,9 @@ Usage:
                                       ECH, ...), as a BIND zone file, or check them against a resolver
   chatmail-edge acme account-url [flags]
                                       print the ACME account URL (for the CAA record)
+  chatmail-edge metadata-proxy [flags]
+                                      serve IMAP METADATA for Dovecot: the ECH config list, the rest
+                                      from chatmail's metadata service (its own unit)
   chatmail-edge config describe       print the configuration file with every key documented
   chatmail-edge version               print the version
 
@@ -55,16 +58,17 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	commands := map[string]func([]string, io.Writer, io.Writer) error{
-		"demo":      cmdDemo,
-		"serve":     cmdServe,
-		"upgrade":   cmdUpgrade,
-		"probe":     cmdProbe,
-		"ech":       cmdECH,
-		"acme":      cmdACME,
-		"config":    cmdConfig,
-		"dns":       cmdDNS,
-		"install":   cmdInstall,
-		"uninstall": cmdUninstall,
+		"demo":           cmdDemo,
+		"serve":          cmdServe,
+		"upgrade":        cmdUpgrade,
+		"probe":          cmdProbe,
+		"ech":            cmdECH,
+		"acme":           cmdACME,
+		"config":         cmdConfig,
+		"dns":            cmdDNS,
+		"install":        cmdInstall,
+		"uninstall":      cmdUninstall,
+		"metadata-proxy": cmdMetadataProxy,
 		"version": func([]string, io.Writer, io.Writer) error {
 			fmt.Fprintln(stdout, "chatmail-edge", version())
 			return nil

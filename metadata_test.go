@@ -2,13 +2,19 @@ package main
 
 import (
 	"bytes"
+	"crypto/tls"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"chatmail-edge/metadata"
+
+	"github.com/emersion/go-imap/v2/imapclient"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 )
@@ -93,7 +99,7 @@ func TestMetadataFileRetriedUntilWritten(t *testing.T) {
 	if n := logs.FilterMessageSnippet("cannot publish the ECH config list").Len(); n != 1 {
 		t.Fatalf("the failure was logged %d times, want once for the episode", n)
 	}
-	if _, page := d.adminGet(t, "/"); !strings.Contains(string(page), "not current: create the folder: mkdir") {
+	if _, page := d.adminGet(t, "/"); !strings.Contains(string(page), "not current: publish the ECH config list: mkdir") {
 		t.Errorf("the admin page does not show the failing METADATA file:\n%s", page)
 	}
 	if _, metrics := d.adminGet(t, "/metrics"); !strings.Contains(string(metrics), `chatmail_edge_ech_metadata_file_current{file="`+file+`"} 0`) {
@@ -122,5 +128,66 @@ func TestMetadataFileRetriedUntilWritten(t *testing.T) {
 	}
 	if n := logs.FilterMessageSnippet("after failed attempts").Len(); n != 1 {
 		t.Errorf("the recovery was logged %d times, want once", n)
+	}
+}
+
+// TestDemoAnswersGetMetadata: the demo's IMAP server, reached through the
+// edge with ECH on 993 and on 443, answers GETMETADATA "" with what `ech
+// show` prints, and follows `ech rotate`; a client that still has the old
+// config list connects with it and reads the new one.
+func TestDemoAnswersGetMetadata(t *testing.T) {
+	state := t.TempDir()
+	d := startTestDemo(t, state)
+	email, password := newAccount(t, d)
+	show := func() string {
+		var out bytes.Buffer
+		if code := run([]string{"ech", "show", "--state", state}, &out, io.Discard); code != 0 {
+			t.Fatalf("ech show exit %d", code)
+		}
+		return strings.TrimSpace(out.String())
+	}
+	getECH := func(conn *tls.Conn) string {
+		t.Helper()
+		c := imapclient.New(conn, nil)
+		defer c.Close()
+		if err := c.Login(email, password).Wait(); err != nil {
+			t.Fatalf("LOGIN: %v", err)
+		}
+		data, err := c.GetMetadata("", []string{metadata.ECHEntry}, nil).Wait()
+		if err != nil {
+			t.Fatalf("GETMETADATA: %v", err)
+		}
+		v := data.Entries[metadata.ECHEntry]
+		if v == nil {
+			t.Fatalf("GETMETADATA: no value in %v", data.Entries)
+		}
+		return string(*v)
+	}
+
+	before := show()
+	oldConfig := d.tlsConfig(t)
+	for _, route := range []struct {
+		listener string
+		alpn     []string
+	}{{"imaps", nil}, {"https", []string{"imap"}}} {
+		if got := getECH(d.dialECH(t, route.listener, route.alpn...)); got != before {
+			t.Fatalf("%s: GETMETADATA gave %q, ech show %q", route.listener, got, before)
+		}
+	}
+
+	if code := run([]string{"ech", "rotate", "--state", state}, io.Discard, io.Discard); code != 0 {
+		t.Fatalf("ech rotate exit %d", code)
+	}
+	d.reloadECHKeys() // what the instance's key watcher runs every 30 s
+	after := show()
+	if after == before {
+		t.Fatal("ech rotate changed nothing")
+	}
+	conn, err := tls.Dial("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(d.port("imaps"))), oldConfig)
+	if err != nil || !conn.ConnectionState().ECHAccepted {
+		t.Fatalf("with the old config list: %v", err)
+	}
+	if got := getECH(conn); got != after {
+		t.Fatalf("after the rotation GETMETADATA gave %q, ech show %q", got, after)
 	}
 }

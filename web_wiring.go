@@ -5,15 +5,13 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"time"
 
 	"chatmail-edge/edge"
-	"chatmail-edge/internal/atomicfile"
 	"chatmail-edge/mail"
+	"chatmail-edge/metadata"
 	"chatmail-edge/web"
 
 	"go.uber.org/zap"
@@ -190,12 +188,12 @@ func backendProbes(b edge.Backends) []web.Probe {
 }
 
 // publishECHConfig has the ECH config list written, base64 on one line, for
-// chatmail's IMAP METADATA service (docs/chatmail-frontend.md §7 pattern:
-// read a file, emit one line). The first attempt is made at once; if it
+// IMAP METADATA (docs/METADATA.md): the metadata proxy answers
+// metadata.ECHEntry from it. The first attempt is made at once; if it
 // fails, the publisher retries until it succeeds (retryUntil).
 func (in *instance) publishECHConfig(set *edge.ECHKeySet) {
 	if in.metadata != nil {
-		in.metadata.publish(set.Base64()+"\n", set.Current().Parsed().ConfigID)
+		in.metadata.publish(set.ConfigList(), set.Current().Parsed().ConfigID)
 	}
 }
 
@@ -217,7 +215,7 @@ type metadataPublisher struct {
 	retry chan struct{} // capacity 1: a failed write waits for its retry
 
 	mu       sync.Mutex // serialises writes of the file
-	want     string     // the line the file should hold
+	want     []byte     // the config list the file should hold
 	configID uint8
 	state    web.MetadataFileState
 }
@@ -227,10 +225,10 @@ func newMetadataPublisher(path string, log *zap.Logger) *metadataPublisher {
 }
 
 // publish makes line the file's content, with one attempt now.
-func (p *metadataPublisher) publish(line string, configID uint8) {
+func (p *metadataPublisher) publish(list []byte, configID uint8) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.want, p.configID = line, configID
+	p.want, p.configID = list, configID
 	p.attemptLocked(time.Now())
 }
 
@@ -262,19 +260,11 @@ func (p *metadataPublisher) attemptLocked(now time.Time) {
 
 // write puts the wanted line into the file.
 func (p *metadataPublisher) write() error {
-	if old, err := os.ReadFile(p.path); err == nil && string(old) == p.want {
-		return nil
+	changed, err := metadata.PublishECHConfigList(p.path, p.want)
+	if changed {
+		p.log.Info("published the ECH config list for IMAP METADATA", zap.String("file", p.path), zap.Uint8("config_id", p.configID))
 	}
-	if err := os.MkdirAll(filepath.Dir(p.path), 0o755); err != nil {
-		return fmt.Errorf("create the folder: %w", err)
-	}
-	// World-readable: it is published anyway, and chatmail-metadata runs
-	// as another user.
-	if err := atomicfile.Write(p.path, []byte(p.want), 0o644); err != nil {
-		return err
-	}
-	p.log.Info("published the ECH config list for IMAP METADATA", zap.String("file", p.path), zap.Uint8("config_id", p.configID))
-	return nil
+	return err
 }
 
 // retryDelay is the wait before the next attempt after the failed ones.

@@ -12,6 +12,9 @@ type imapSession struct {
 	imapserver.SessionIMAP4rev2
 	delivery *LocalDelivery
 	user     string
+	// metadata answers GETMETADATA "" once the user has logged in
+	// (RFC 5464 §4.2: authenticated state); nil when not set up.
+	metadata *metadataConn
 }
 
 func (s *imapSession) Login(username, password string) error {
@@ -19,6 +22,9 @@ func (s *imapSession) Login(username, password string) error {
 		return err
 	}
 	s.user = username
+	if s.metadata != nil {
+		s.metadata.loggedIn.Store(true)
+	}
 	return nil
 }
 

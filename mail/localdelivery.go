@@ -48,6 +48,7 @@ type LocalDelivery struct {
 	accounts   map[string]*account // by address
 
 	mu       sync.Mutex
+	metadata ServerMetadata // GETMETADATA "" answers; nil: none
 	state    deliveryState
 	imap     *imapserver.Server
 	smtp     *smtp.Server
@@ -118,7 +119,11 @@ func (d *LocalDelivery) Start() error {
 	d.listeners = []net.Listener{imapLn, smtpLn}
 	d.state = deliveryStarted
 
-	d.serve("imap", d.imap.Serve, imapLn)
+	var imapServed net.Listener = imapLn
+	if d.metadata != nil {
+		imapServed = &metadataListener{Listener: imapLn, lookup: d.metadata}
+	}
+	d.serve("imap", d.imap.Serve, imapServed)
 	d.serve("smtp", d.smtp.Serve, smtpLn)
 	d.log.Info("local delivery listening",
 		zap.String("domain", d.domain), zap.String("imap", d.imapAddr), zap.String("smtp", d.smtpAddr))
@@ -207,7 +212,8 @@ func (d *LocalDelivery) newIMAPServer() (*imapserver.Server, error) {
 			log.Debug("connection", zap.Uint64("conn", d.connID.Add(1)), zap.Stringer("client", conn.NetConn().RemoteAddr()))
 			// imapmemserver's sessions implement IMAP4rev2 (NAMESPACE, MOVE).
 			session := d.store.NewSession().(imapserver.SessionIMAP4rev2)
-			return &imapSession{SessionIMAP4rev2: session, delivery: d}, nil, nil
+			metadata, _ := conn.NetConn().(*metadataConn) // nil without SetServerMetadata
+			return &imapSession{SessionIMAP4rev2: session, delivery: d, metadata: metadata}, nil, nil
 		},
 		Caps: imap.CapSet{imap.CapIMAP4rev1: {}, imap.CapIMAP4rev2: {}, imap.CapIdle: {}},
 		// Plaintext LOGIN is fine: the edge terminated TLS and this port is

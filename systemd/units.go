@@ -17,6 +17,9 @@ const (
 	Service       = "chatmail-edge.service"
 	ReloadPath    = "chatmail-edge-mail-reload.path"
 	ReloadService = "chatmail-edge-mail-reload.service"
+	// MetadataProxy is `chatmail-edge metadata-proxy` (docs/METADATA.md),
+	// for full mode, where Dovecot's mail_attribute_dict points at it.
+	MetadataProxy = "chatmail-edge-metadata.service"
 	// User is the service user that Sysusers creates.
 	User     = "chatmail-edge"
 	Sysusers = "chatmail-edge.sysusers"
@@ -27,6 +30,7 @@ type Params struct {
 	Binary     string // the installed binary, /usr/local/bin/chatmail-edge
 	Config     string // the edge's configuration file
 	ExportCert string // the certificate exported for Postfix and Dovecot; "" for none
+	ECHFile    string // the edge's [ech] metadata_file, for MetadataProxyUnit
 }
 
 // Unit is one rendered file.
@@ -51,6 +55,16 @@ func Units(p Params) ([]Unit, error) {
 		units = append(units, Unit{Name: name, Data: data})
 	}
 	return units, nil
+}
+
+// MetadataProxyUnit renders the metadata proxy's unit; p.ECHFile must be
+// set.
+func MetadataProxyUnit(p Params) (Unit, error) {
+	if p.ECHFile == "" {
+		return Unit{}, fmt.Errorf("unit %s: no ECH file", MetadataProxy)
+	}
+	data, err := render(MetadataProxy, p)
+	return Unit{Name: MetadataProxy, Data: data}, err
 }
 
 // SysusersConf is the sysusers.d(5) entry of the service user.

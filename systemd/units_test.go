@@ -61,11 +61,18 @@ func TestUnitsVerify(t *testing.T) {
 func TestUnitSecurityExposure(t *testing.T) {
 	bin := requireSystemdAnalyze(t)
 	paths := renderTo(t, t.TempDir())
-	out, err := exec.Command(bin, "security", "--offline=yes", "--no-pager", paths[0]).CombinedOutput()
+	checkExposure(t, bin, paths[0], Service)
+}
+
+// checkExposure fails when `systemd-analyze security` rates unit above
+// maxExposure.
+func checkExposure(t *testing.T, bin, path, unit string) {
+	t.Helper()
+	out, err := exec.Command(bin, "security", "--offline=yes", "--no-pager", path).CombinedOutput()
 	if err != nil {
 		t.Fatalf("systemd-analyze security: %v\n%s", err, out)
 	}
-	m := regexp.MustCompile(`Overall exposure level for ` + regexp.QuoteMeta(Service) + `: ([0-9.]+)`).FindSubmatch(out)
+	m := regexp.MustCompile(`Overall exposure level for ` + regexp.QuoteMeta(unit) + `: ([0-9.]+)`).FindSubmatch(out)
 	if m == nil {
 		t.Fatalf("no exposure level in:\n%s", out)
 	}
@@ -73,7 +80,7 @@ func TestUnitSecurityExposure(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("systemd-analyze security --offline=yes: exposure %.1f (at most %.1f)", score, maxExposure)
+	t.Logf("systemd-analyze security --offline=yes: %s exposure %.1f (at most %.1f)", unit, score, maxExposure)
 	if score > maxExposure {
 		t.Errorf("exposure %.1f above %.1f:\n%s", score, maxExposure, out)
 	}
@@ -111,5 +118,70 @@ func TestServiceUnitSettings(t *testing.T) {
 	}
 	if n, _ := strconv.Atoi(m[1]); n < 65536 {
 		t.Errorf("LimitNOFILE %v, want at least 65536", m)
+	}
+}
+
+func renderMetadataProxy(t *testing.T, dir string) string {
+	t.Helper()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, err := MetadataProxyUnit(Params{Binary: self, ECHFile: "/run/chatmail-edge/ech-config-list"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(dir, u.Name)
+	if err := os.WriteFile(p, u.Data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestMetadataProxyUnitVerify(t *testing.T) {
+	bin := requireSystemdAnalyze(t)
+	path := renderMetadataProxy(t, t.TempDir())
+	out, err := exec.Command(bin, "verify", "--man=no", path).CombinedOutput()
+	if err != nil || len(strings.TrimSpace(string(out))) > 0 {
+		t.Fatalf("systemd-analyze verify: %v\n%s", err, out)
+	}
+	checkExposure(t, bin, path, MetadataProxy)
+}
+
+// The proxy's unit holds what METADATA relies on: Dovecot's and
+// chatmail-metadata's user, the socket where Dovecot's configuration points,
+// the edge's file, and no dependency on the edge's own unit.
+func TestMetadataProxyUnitSettings(t *testing.T) {
+	u, err := MetadataProxyUnit(Params{Binary: "/usr/local/bin/chatmail-edge", ECHFile: "/run/chatmail-edge/ech-config-list"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	unit := string(u.Data)
+	for _, line := range []string{
+		"Type=notify", "Restart=always", "User=vmail", "Group=vmail", "RuntimeDirectory=chatmail-edge-metadata",
+		"Before=dovecot.service", "RestrictAddressFamilies=AF_UNIX", "PrivateNetwork=yes",
+		"ExecStart=/usr/local/bin/chatmail-edge metadata-proxy --socket /run/chatmail-edge-metadata/metadata.socket --upstream /run/chatmail-metadata/metadata.socket --ech-file /run/chatmail-edge/ech-config-list",
+	} {
+		if !strings.Contains(unit, "\n"+line+"\n") {
+			t.Errorf("unit lacks %q", line)
+		}
+	}
+	if strings.Contains(unit, Service) {
+		t.Errorf("the proxy's unit depends on %s", Service)
+	}
+	if _, err := MetadataProxyUnit(Params{Binary: "/usr/local/bin/chatmail-edge"}); err == nil {
+		t.Error("rendered without an ECH file")
+	}
+}
+
+// The edge's unit keeps its runtime folder when it stops: the proxy serves
+// the ECH config list from there while the edge is not running.
+func TestServiceKeepsPublishedFileWhenStopped(t *testing.T) {
+	units, err := Units(Params{Binary: "/usr/local/bin/chatmail-edge", Config: "/etc/chatmail-edge/chatmail-edge.ini"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(units[0].Data), "\nRuntimeDirectoryPreserve=yes\n") {
+		t.Error("the edge's unit removes /run/chatmail-edge when it stops")
 	}
 }

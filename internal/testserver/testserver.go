@@ -1,4 +1,5 @@
-// Package testserver runs throwaway TCP servers on loopback for tests.
+// Package testserver runs throwaway servers for tests: TCP on loopback, or
+// on a listener of the test's own (a unix socket).
 package testserver
 
 import (
@@ -17,6 +18,12 @@ func Serve(t testing.TB, serve func(net.Conn)) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	ServeListener(t, ln, serve)
+	return ln.Addr().String()
+}
+
+// ServeListener is Serve on a listener the test made.
+func ServeListener(t testing.TB, ln net.Listener, serve func(net.Conn)) {
 	var (
 		mu    sync.Mutex
 		conns []net.Conn
@@ -43,5 +50,4 @@ func Serve(t testing.TB, serve func(net.Conn)) string {
 		mu.Unlock()
 		wg.Wait()
 	})
-	return ln.Addr().String()
 }
