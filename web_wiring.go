@@ -12,6 +12,7 @@ import (
 
 	"chatmail-edge/edge"
 	"chatmail-edge/internal/atomicfile"
+	"chatmail-edge/internal/filelimit"
 	"chatmail-edge/mail"
 	"chatmail-edge/web"
 
@@ -196,7 +197,7 @@ func (in *instance) publishECHConfig(set *edge.ECHKeySet) {
 	in.publishMu.Lock()
 	defer in.publishMu.Unlock()
 	line := set.Base64() + "\n"
-	if old, err := os.ReadFile(path); err == nil && string(old) == line {
+	if old, err := filelimit.ReadFile(path, filelimit.Small); err == nil && string(old) == line {
 		return
 	}
 	err := os.MkdirAll(filepath.Dir(path), 0o755)

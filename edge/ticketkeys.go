@@ -8,11 +8,11 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
 	"strings"
 	"time"
 
 	"chatmail-edge/internal/atomicfile"
+	"chatmail-edge/internal/filelimit"
 
 	"go.uber.org/zap"
 )
@@ -77,7 +77,7 @@ func formatTicketKeys(keys []ticketKey) []byte {
 }
 
 func readTicketKeys(path string) ([]ticketKey, error) {
-	data, err := os.ReadFile(path)
+	data, err := filelimit.ReadFile(path, filelimit.Small) // three lines of 78 bytes
 	if err != nil {
 		return nil, err
 	}
