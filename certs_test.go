@@ -53,6 +53,9 @@ https = 127.0.0.1:0
 http = 127.0.0.1:0
 [ech]
 public_name = %s
+metadata_file =
+[admin]
+address =
 [acme]
 fallback_ca =
 acmetool =
@@ -67,7 +70,8 @@ reload = %s dovecot.service; %s postfix.service
 	return env
 }
 
-// mergeINI appends extra's keys to conf, replacing keys conf already has.
+// mergeINI adds extra's keys to conf, replacing keys conf already has; a
+// new key goes into its section when conf has it, else into a new one.
 func mergeINI(conf, extra string) string {
 	section := ""
 	for line := range strings.SplitSeq(extra, "\n") {
@@ -78,19 +82,26 @@ func mergeINI(conf, extra string) string {
 		case strings.Contains(line, "="):
 			key := strings.TrimSpace(line[:strings.Index(line, "=")])
 			lines := strings.Split(conf, "\n")
-			in, done := "", false
+			in, done, header := "", false, -1
 			for i, l := range lines {
 				if strings.HasPrefix(l, "[") {
 					in = l
+					if l == section {
+						header = i
+					}
 				}
-				if in == section && strings.HasPrefix(l, key+" ") {
+				if in == section && (strings.HasPrefix(l, key+" ") || strings.HasPrefix(l, key+"=")) {
 					lines[i], done = line, true
 				}
 			}
-			conf = strings.Join(lines, "\n")
-			if !done {
-				conf += "\n" + section + "\n" + line + "\n"
+			switch {
+			case done:
+			case header >= 0:
+				lines = slices.Insert(lines, header+1, line)
+			default:
+				lines = append(lines, section, line)
 			}
+			conf = strings.Join(lines, "\n")
 		}
 	}
 	return conf
