@@ -48,7 +48,8 @@ type keyShare struct {
 	key   []byte
 }
 
-// helloSpec is a ClientHello (RFC 8446 §4.1.2) to build.
+// helloSpec is a ClientHello (RFC 8446 §4.1.2) to build; nil groups or
+// shares leave their extension out.
 type helloSpec struct {
 	sessionID []byte
 	suites    []uint16
@@ -107,13 +108,15 @@ func (h helloSpec) body() []byte {
 				})
 			}))
 		}
-		b.AddBytes(extension(extGroups, func(b *cryptobyte.Builder) {
-			b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) {
-				for _, g := range h.groups {
-					b.AddUint16(g)
-				}
-			})
-		}))
+		if h.groups != nil {
+			b.AddBytes(extension(extGroups, func(b *cryptobyte.Builder) {
+				b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) {
+					for _, g := range h.groups {
+						b.AddUint16(g)
+					}
+				})
+			}))
+		}
 		b.AddBytes(extension(extSignatureAlgs, func(b *cryptobyte.Builder) {
 			b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) {
 				for _, s := range []tls.SignatureScheme{tls.ECDSAWithP256AndSHA256, tls.PSSWithSHA256, tls.Ed25519} {
@@ -137,14 +140,16 @@ func (h helloSpec) body() []byte {
 				}
 			})
 		}))
-		b.AddBytes(extension(extKeyShare, func(b *cryptobyte.Builder) {
-			b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) {
-				for _, s := range h.shares {
-					b.AddUint16(s.group)
-					b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(s.key) })
-				}
-			})
-		}))
+		if h.shares != nil {
+			b.AddBytes(extension(extKeyShare, func(b *cryptobyte.Builder) {
+				b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) {
+					for _, s := range h.shares {
+						b.AddUint16(s.group)
+						b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(s.key) })
+					}
+				})
+			}))
+		}
 		for _, e := range h.exts {
 			b.AddBytes(e)
 		}

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"crypto/tls"
+	"fmt"
 	"net"
 	"strings"
 	"testing"
@@ -61,13 +62,25 @@ func TestCatalogueTLS(t *testing.T) {
 			}
 		}
 	}
+	// PROXY headers claiming the client is 203.0.113.7 (proxy-protocol.txt
+	// §2.1, §2.2).
 	proxyV1 := []byte("PROXY TCP4 203.0.113.7 192.0.2.1 40000 443\r\n")
 	proxyV2 := append([]byte("\r\n\r\n\x00\r\nQUIT\n"), 0x21, 0x11, 0, 12, 203, 0, 113, 7, 192, 0, 2, 1, 0x9c, 0x40, 0x01, 0xbb)
+	notBelieved := func(send func(*testing.T, *catalogueEnv)) func(*testing.T, *catalogueEnv) {
+		return func(t *testing.T, env *catalogueEnv) {
+			since := len(env.logs.All())
+			send(t, env)
+			env.expectLogged(t, since, logLine{"connection dropped", "127.0.0.1:"}) // the real source
+			if env.logged(since, logLine{"connection dropped", "203.0.113.7"}) {
+				t.Fatal("the claimed address was logged as the client's")
+			}
+		}
+	}
 	noCommonGroup := tls13Hello()
 	noCommonGroup.groups = []uint16{0x0100} // ffdhe2048 (RFC 7919), which the edge does not offer
 	noCommonGroup.shares = []keyShare{{0x0100, randomBytes(256)}}
 	noCommonSuite := tls13Hello()
-	noCommonSuite.suites = []uint16{tls.TLS_CHACHA20_POLY1305_SHA256 + 1, tls.TLS_CHACHA20_POLY1305_SHA256 + 2} // the CCM suites
+	noCommonSuite.suites = []uint16{0x1304, 0x1305} // TLS_AES_128_CCM_SHA256, TLS_AES_128_CCM_8_SHA256 (RFC 8446 §B.4)
 	duplicateExtension := tls13Hello()
 	duplicateExtension.exts = [][]byte{extension(extGroups, func(b *cryptobyte.Builder) { // supported_groups twice (RFC 8446 §4.2)
 		b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) { b.AddUint16(uint16(tls.X25519)) })
@@ -102,13 +115,13 @@ func TestCatalogueTLS(t *testing.T) {
 
 		// A PROXY header is what the edge sends to the backends; from a
 		// client it is a lie about its address, and no TLS: refused.
-		{name: "PROXY v1 header then a ClientHello on 443", send: answered400(append(proxyV1, goHello...)),
+		{name: "PROXY v1 header then a ClientHello on 443", send: notBelieved(answered400(append(proxyV1, goHello...))),
 			counts: failures("https", "not-tls"), log: dropped(plainHTTPDetail)},
-		{name: "PROXY v1 header then a ClientHello on 993", send: refusedSilently("imaps", append(proxyV1, goHello...)),
+		{name: "PROXY v1 header then a ClientHello on 993", send: notBelieved(refusedSilently("imaps", append(proxyV1, goHello...))),
 			counts: failures("imaps", "not-tls"), log: dropped(plainHTTPDetail)},
-		{name: "PROXY v2 header then a ClientHello on 443", send: refusedSilently("https", append(proxyV2, goHello...)),
+		{name: "PROXY v2 header then a ClientHello on 443", send: notBelieved(refusedSilently("https", append(proxyV2, goHello...))),
 			counts: failures("https", "not-tls"), log: dropped(notTLSDetail)},
-		{name: "PROXY v2 header then a ClientHello on 465", send: refusedSilently("smtps", append(proxyV2, goHello...)),
+		{name: "PROXY v2 header then a ClientHello on 465", send: notBelieved(refusedSilently("smtps", append(proxyV2, goHello...))),
 			counts: failures("smtps", "not-tls"), log: dropped(notTLSDetail)},
 
 		{name: "silent client", send: func(t *testing.T, env *catalogueEnv) { expectClosedSilently(t, env.dialRaw(t, "https")) },
@@ -154,32 +167,35 @@ func TestCatalogueTLS(t *testing.T) {
 	})
 }
 
-// dribble sends hello a byte every 20 ms, as a slowloris client does, until
-// the server closes; the hello timeout must end it before the hello is
-// whole.
+// dribble sends hello a byte every 20 ms, as a slowloris client does: the
+// hello timeout must end it before the hello is whole, without a word.
 func dribble(hello []byte) func(*testing.T, *catalogueEnv) {
 	return func(t *testing.T, env *catalogueEnv) {
-		c := env.dialRaw(t, "https")
-		closed := make(chan []byte, 1)
-		go func() { closed <- readToCloseQuiet(c) }()
-		tick := time.NewTicker(20 * time.Millisecond)
-		defer tick.Stop()
-		for sent := 0; ; sent++ {
-			select {
-			case got := <-closed:
-				if len(got) != 0 {
-					t.Fatalf("the server sent %q", got)
-				}
-				return
-			case <-tick.C:
-			}
-			if sent == len(hello) {
-				t.Fatal("the whole hello went out a byte at a time before the server closed")
-			}
-			if _, err := c.Write(hello[sent : sent+1]); err != nil {
-				<-closed
-				return // closed between two bytes
-			}
+		if got, err := dribbleUntilClosed(env.dialRaw(t, "https"), hello, 20*time.Millisecond); err != nil || len(got) != 0 {
+			t.Fatalf("the server sent %q, %v", got, err)
+		}
+	}
+}
+
+// dribbleUntilClosed writes data to c a byte each interval until the server
+// closes c, and returns what the server sent. All of data going out first
+// is an error: the server waited for it.
+func dribbleUntilClosed(c net.Conn, data []byte, interval time.Duration) ([]byte, error) {
+	closed := make(chan []byte, 1)
+	go func() { closed <- readToCloseQuiet(c) }()
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for sent := 0; ; sent++ {
+		select {
+		case got := <-closed:
+			return got, nil
+		case <-tick.C:
+		}
+		if sent == len(data) {
+			return nil, fmt.Errorf("all %d bytes went out one at a time before the server closed", len(data))
+		}
+		if _, err := c.Write(data[sent : sent+1]); err != nil {
+			return <-closed, nil // closed between two bytes
 		}
 	}
 }
