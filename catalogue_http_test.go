@@ -349,9 +349,9 @@ func TestCatalogueHTTPClientThatNeverReads(t *testing.T) {
 	io.WriteString(c, "GET /big.bin HTTP/1.1\r\nHost: "+reloadDomain+"\r\n\r\n")
 	env.expectServing(t)
 	active := `chatmail_edge_connections_active{listener="https"}`
-	if n := env.metric(t, active); n != 1 {
-		t.Fatalf("%v connections on 443, want the one that does not read", n)
-	}
+	// The good clients' connections close on the server's side soon after
+	// they are done; the one that does not read stays.
+	eventually(t, "only the connection that does not read on 443", func() bool { return env.metric(t, active) == 1 })
 	t.Skip("waits for web: HTTP write timeout")
 	eventuallyWithin(t, 5*time.Minute, "the server to give up the connection", func() bool { return env.metric(t, active) == 0 })
 }
