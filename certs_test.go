@@ -54,6 +54,7 @@ http = 127.0.0.1:0
 control_socket = %s/control
 [ech]
 public_name = %s
+metadata_file =
 [admin]
 address =
 [acme]
@@ -70,7 +71,8 @@ reload = %s dovecot.service; %s postfix.service
 	return env
 }
 
-// mergeINI appends extra's keys to conf, replacing keys conf already has.
+// mergeINI adds extra's keys to conf, replacing keys conf already has; a
+// new key goes into its section when conf has it, else into a new one.
 func mergeINI(conf, extra string) string {
 	section := ""
 	for line := range strings.SplitSeq(extra, "\n") {
@@ -81,22 +83,24 @@ func mergeINI(conf, extra string) string {
 		case strings.Contains(line, "="):
 			key := strings.TrimSpace(line[:strings.Index(line, "=")])
 			lines := strings.Split(conf, "\n")
-			in, done := "", false
+			in, done, header := "", false, -1
 			for i, l := range lines {
 				if strings.HasPrefix(l, "[") {
 					in = l
+					if l == section {
+						header = i
+					}
 				}
-				if in == section && strings.HasPrefix(l, key+" ") {
+				if in == section && (strings.HasPrefix(l, key+" ") || strings.HasPrefix(l, key+"=")) {
 					lines[i], done = line, true
 				}
 			}
-			if !done {
-				// Into the section if conf has it: a section may appear once.
-				if i := slices.Index(lines, section); i >= 0 {
-					lines = slices.Insert(lines, i+1, line)
-				} else {
-					lines = append(lines, section, line, "")
-				}
+			switch {
+			case done:
+			case header >= 0:
+				lines = slices.Insert(lines, header+1, line)
+			default:
+				lines = append(lines, section, line)
 			}
 			conf = strings.Join(lines, "\n")
 		}

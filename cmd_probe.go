@@ -7,8 +7,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"os"
 
+	"chatmail-edge/internal/filelimit"
 	"chatmail-edge/probe"
 )
 
@@ -40,7 +40,7 @@ func cmdProbe(args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("%w: --user and --password go together", errUsage)
 	}
 	if *caFile != "" {
-		pem, err := os.ReadFile(*caFile)
+		pem, err := filelimit.ReadFile(*caFile, filelimit.PEM)
 		if err != nil {
 			return fmt.Errorf("read CA file: %w", err)
 		}

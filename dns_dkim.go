@@ -8,7 +8,8 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"os"
+
+	"chatmail-edge/internal/filelimit"
 )
 
 // chatmail's DKIM key: cmdeploy keeps the selector "opendkim" and the file
@@ -41,7 +42,7 @@ func readDKIMKey(selector, file string) dkimKey {
 }
 
 func dkimRecordValue(file string) (string, error) {
-	data, err := os.ReadFile(file)
+	data, err := filelimit.ReadFile(file, filelimit.Small)
 	if err != nil {
 		return "", fmt.Errorf("DKIM key not readable (%v); run as root or give --dkim-key", err)
 	}

@@ -18,6 +18,7 @@ import (
 	"chatmail-edge/mail"
 
 	"github.com/emersion/go-imap/v2/imapclient"
+	"go.uber.org/zap"
 )
 
 // reloadEnv is serve on loopback in external certificate mode, in front of
@@ -55,6 +56,14 @@ func newReloadFiles(t *testing.T) (*reloadEnv, *x509.CertPool) {
 func startReloadEnv(t *testing.T) (*reloadEnv, *x509.CertPool) {
 	t.Helper()
 	env, roots := newReloadFiles(t)
+	env.start(t, testZap(t))
+	return env, roots
+}
+
+// start runs serve in-process on env's files, as cmdServe does, until the
+// end of the test, and waits for its READY=1.
+func (env *reloadEnv) start(t *testing.T, log *zap.Logger) {
+	t.Helper()
 	socket := filepath.Join(env.dir, "notify")
 	env.notices = notifyListener(t, socket)
 	s, err := parseConfigFlags(newFlagSet("serve", io.Discard, "serve"), []string{"--config", env.config})
@@ -64,7 +73,7 @@ func startReloadEnv(t *testing.T) (*reloadEnv, *x509.CertPool) {
 	ctx, stop := context.WithCancel(context.Background())
 	ready := make(chan *servingEdge, 1)
 	go func() {
-		env.done <- serve(ctx, s, testZap(t), serveLoop{
+		env.done <- serve(ctx, s, log, serveLoop{
 			load: func() (*settings, error) {
 				return parseConfigFlags(newFlagSet("serve", io.Discard, "serve"), []string{"--config", env.config})
 			},
@@ -83,7 +92,6 @@ func startReloadEnv(t *testing.T) (*reloadEnv, *x509.CertPool) {
 		t.Fatalf("first notice %q", msg)
 	}
 	env.edge = <-ready
-	return env, roots
 }
 
 // writeConfig writes the edge's file; extra's keys replace or add to the

@@ -13,8 +13,9 @@ import (
 	"io/fs"
 	"net/http"
 	"net/url"
-	"os"
 	"strings"
+
+	"chatmail-edge/internal/filelimit"
 
 	"github.com/caddyserver/certmagic"
 	acmeapi "github.com/mholt/acmez/v3/acme"
@@ -81,7 +82,7 @@ func (m *Manager) ensureAccount(ctx context.Context, ca caConfig, client *http.C
 func (m *Manager) accountKey(ca caConfig) (keyPEM []byte, key crypto.Signer, from string, err error) {
 	ik := issuerKey(ca.url)
 	file := m.store.accountKeyFile(ik)
-	keyPEM, err = os.ReadFile(file)
+	keyPEM, err = filelimit.ReadFile(file, filelimit.Small)
 	if err == nil {
 		key, err := certmagic.PEMDecodePrivateKey(keyPEM)
 		if err != nil {

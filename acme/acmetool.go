@@ -12,6 +12,8 @@ import (
 	"strings"
 	"time"
 
+	"chatmail-edge/internal/filelimit"
+
 	"github.com/caddyserver/certmagic"
 	acmeapi "github.com/mholt/acmez/v3/acme"
 	"go.uber.org/zap"
@@ -50,7 +52,7 @@ func acmetoolAccountKey(dir, directoryURL string) ([]byte, crypto.Signer, string
 		}
 		for _, k := range keys {
 			file := filepath.Join(dir, "accounts", server.Name(), k.Name(), "privkey")
-			keyPEM, err := os.ReadFile(file)
+			keyPEM, err := filelimit.ReadFile(file, filelimit.Small)
 			if errors.Is(err, fs.ErrNotExist) {
 				continue
 			}
@@ -103,14 +105,14 @@ func readAcmetoolLive(dir, name string) (*acmetoolLive, error) {
 	live := filepath.Join(dir, "live", name)
 	l := &acmetoolLive{certFile: filepath.Join(live, "fullchain")}
 	var err error
-	if l.chainPEM, err = os.ReadFile(l.certFile); err != nil {
+	if l.chainPEM, err = filelimit.ReadFile(l.certFile, filelimit.PEM); err != nil {
 		return nil, err
 	}
 	keyFile := filepath.Join(live, "privkey")
-	if l.keyPEM, err = os.ReadFile(keyFile); err != nil {
+	if l.keyPEM, err = filelimit.ReadFile(keyFile, filelimit.Small); err != nil {
 		return nil, fmt.Errorf("read acmetool certificate key: %w", err)
 	}
-	if u, err := os.ReadFile(filepath.Join(live, "url")); err == nil {
+	if u, err := filelimit.ReadFile(filepath.Join(live, "url"), filelimit.Small); err == nil {
 		l.certURL = strings.TrimSpace(string(u))
 	}
 	return l, nil

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"chatmail-edge/internal/atomicfile"
+	"chatmail-edge/internal/filelimit"
 
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
@@ -125,11 +126,11 @@ func (e *exporter) run(ctx context.Context) {
 // (whatever their PEM flavour), as after a restart or a takeover from
 // acmetool: then nothing is written and nothing reloaded.
 func (e *exporter) current(f *exportFiles) bool {
-	chainFile, err := os.ReadFile(e.certFile)
+	chainFile, err := filelimit.ReadFile(e.certFile, filelimit.PEM)
 	if err != nil {
 		return false
 	}
-	keyFile, err := os.ReadFile(e.keyFile)
+	keyFile, err := filelimit.ReadFile(e.keyFile, filelimit.Small)
 	if err != nil {
 		return false
 	}

@@ -4,9 +4,10 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"os"
 	"sync"
 	"time"
+
+	"chatmail-edge/internal/filelimit"
 
 	"go.uber.org/zap"
 )
@@ -108,11 +109,11 @@ func (w *Watched) Check() {
 }
 
 func (w *Watched) hash() ([32]byte, error) {
-	certPEM, err := os.ReadFile(w.certFile)
+	certPEM, err := filelimit.ReadFile(w.certFile, filelimit.PEM)
 	if err != nil {
 		return [32]byte{}, err
 	}
-	keyPEM, err := os.ReadFile(w.keyFile)
+	keyPEM, err := filelimit.ReadFile(w.keyFile, filelimit.Small)
 	if err != nil {
 		return [32]byte{}, err
 	}

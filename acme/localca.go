@@ -3,7 +3,6 @@
 package acme
 
 import (
-	"chatmail-edge/internal/atomicfile"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -16,10 +15,12 @@ import (
 	"io/fs"
 	"math/big"
 	"net"
-	"os"
 	"path/filepath"
 	"slices"
 	"time"
+
+	"chatmail-edge/internal/atomicfile"
+	"chatmail-edge/internal/filelimit"
 )
 
 // LocalCA is a small certificate authority kept in a state folder. The demo
@@ -47,7 +48,7 @@ const (
 // clients were told to trust it.
 func LoadOrCreateLocalCA(dir string, now time.Time) (*LocalCA, error) {
 	certPath, keyPath := filepath.Join(dir, localCAFile), filepath.Join(dir, localCAKeyFile)
-	certPEM, err := os.ReadFile(certPath)
+	certPEM, err := filelimit.ReadFile(certPath, filelimit.PEM)
 	if errors.Is(err, fs.ErrNotExist) {
 		return createLocalCA(dir, now)
 	}
@@ -171,7 +172,15 @@ func randomSerial() *big.Int {
 
 // loadKeyPair reads a PEM chain and key and parses the leaf.
 func loadKeyPair(certPath, keyPath string) (*tls.Certificate, error) {
-	pair, err := tls.LoadX509KeyPair(certPath, keyPath)
+	certPEM, err := filelimit.ReadFile(certPath, filelimit.PEM)
+	if err != nil {
+		return nil, fmt.Errorf("load key pair: %w", err)
+	}
+	keyPEM, err := filelimit.ReadFile(keyPath, filelimit.Small)
+	if err != nil {
+		return nil, fmt.Errorf("load key pair: %w", err)
+	}
+	pair, err := tls.X509KeyPair(certPEM, keyPEM)
 	if err != nil {
 		return nil, fmt.Errorf("load key pair %s, %s: %w", certPath, keyPath, err)
 	}

@@ -7,9 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"os"
 	"strings"
 	"time"
+
+	"chatmail-edge/internal/filelimit"
 
 	"github.com/caddyserver/certmagic"
 	acmeapi "github.com/mholt/acmez/v3/acme"
@@ -229,7 +230,7 @@ func (m *Manager) roots() (*x509.CertPool, string, error) {
 	if m.cfg.CARootFile == "" {
 		return nil, "", nil
 	}
-	pemBytes, err := os.ReadFile(m.cfg.CARootFile)
+	pemBytes, err := filelimit.ReadFile(m.cfg.CARootFile, filelimit.PEM)
 	if err != nil {
 		return nil, "", fmt.Errorf("CA root file: %w", err)
 	}

@@ -15,6 +15,7 @@ import (
 	"strings"
 
 	"chatmail-edge/internal/atomicfile"
+	"chatmail-edge/internal/filelimit"
 
 	"github.com/caddyserver/certmagic"
 	acmeapi "github.com/mholt/acmez/v3/acme"
@@ -139,7 +140,7 @@ type accountInfo struct {
 
 func (s store) loadAccountInfo(ik string) (accountInfo, error) {
 	var info accountInfo
-	b, err := os.ReadFile(s.accountInfoFile(ik))
+	b, err := filelimit.ReadFile(s.accountInfoFile(ik), filelimit.Small)
 	if err != nil {
 		return info, err
 	}

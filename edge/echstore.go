@@ -2,15 +2,16 @@ package edge
 
 import (
 	"bytes"
-	"chatmail-edge/internal/atomicfile"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
+
+	"chatmail-edge/internal/atomicfile"
+	"chatmail-edge/internal/filelimit"
 )
 
 // DefaultECHRetireGrace is how long a superseded key keeps decrypting. Clients
@@ -28,8 +29,8 @@ const (
 	echKeyFileSuffix     = ".pem"
 	echLockFileName      = ".lock"
 	echLockTimeout       = 10 * time.Second
-	maxECHKeyFileSize    = 64 << 10 // a key file is about 600 bytes
-	echSecretPermBits    = 0o077    // group and other permission bits
+	maxECHKeyFileSize    = filelimit.Small // a key file is about 600 bytes
+	echSecretPermBits    = 0o077           // group and other permission bits
 )
 
 // LoadECHKeys reads every key file (*.pem) in dir. A missing dir or one without
@@ -279,12 +280,9 @@ func decodeECHKeyFile(f *os.File) (*ECHKey, error) {
 	if perm := info.Mode().Perm(); perm&echSecretPermBits != 0 {
 		return nil, fmt.Errorf("mode %04o is open to group or others; chmod 600 it", perm)
 	}
-	data, err := io.ReadAll(io.LimitReader(f, maxECHKeyFileSize+1))
+	data, err := filelimit.ReadAll(f, maxECHKeyFileSize)
 	if err != nil {
 		return nil, err
-	}
-	if len(data) > maxECHKeyFileSize {
-		return nil, fmt.Errorf("larger than %d bytes", maxECHKeyFileSize)
 	}
 	config, priv, err := decodeECHKeyPEM(data)
 	if err != nil {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"chatmail-edge/internal/atomicfile"
+	"chatmail-edge/internal/filelimit"
 
 	"go.uber.org/zap"
 )
@@ -75,14 +76,14 @@ func formatTicketKeys(keys []ticketKey) []byte {
 	return b.Bytes()
 }
 
-// maxTicketKeyFile bounds the key file: a few keys of about 80 bytes.
-const maxTicketKeyFile = 4 << 10
+// maxTicketKeyFile bounds the key file (three lines of 78 bytes).
+const maxTicketKeyFile = filelimit.Small
 
 // readTicketKeys reads the key file. Only the newest ticketKeysKept keys
 // are used; a line that is not a key, or a time that formatTicketKeys could
 // not write back (outside the years 1 to 9999), makes the file unreadable.
 func readTicketKeys(path string) ([]ticketKey, error) {
-	data, err := atomicfile.ReadLimited(path, maxTicketKeyFile)
+	data, err := filelimit.ReadFile(path, maxTicketKeyFile)
 	if err != nil {
 		return nil, err
 	}

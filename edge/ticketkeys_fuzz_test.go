@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"chatmail-edge/internal/atomicfile"
+	"chatmail-edge/internal/filelimit"
 )
 
 // FuzzReadTicketKeys: reading the ticket key file never panics; an error
@@ -55,7 +55,7 @@ func FuzzReadTicketKeys(f *testing.F) {
 		got, err := readTicketKeys(path)
 		lines := strings.Split(string(data), "\n")
 		if len(data) > maxTicketKeyFile {
-			if !errors.Is(err, atomicfile.ErrTooLarge) {
+			if !errors.Is(err, filelimit.ErrTooLarge) {
 				t.Fatalf("a file of %d bytes read with %v", len(data), err)
 			}
 			return

@@ -2,11 +2,14 @@ package edge
 
 import (
 	"crypto/tls"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"chatmail-edge/internal/filelimit"
 )
 
 // TestResumptionSurvivesRestart: a client resumes its TLS session with a new
@@ -82,5 +85,23 @@ func TestTicketKeysRotateAndAreBounded(t *testing.T) {
 	b, _ := os.ReadFile(te.cfg.TicketKeyFile)
 	if strings.Contains(string(b), "garbage") {
 		t.Fatal("damaged key file kept")
+	}
+}
+
+// TestTicketKeyFileLimit: a key file over its limit is not read whole; the
+// error names it and the limit, and the next rotation replaces it.
+func TestTicketKeyFileLimit(t *testing.T) {
+	te := startEdge(t, nil, Backends{})
+	te.cfg.TicketKeyFile = filepath.Join(t.TempDir(), "keys")
+	os.WriteFile(te.cfg.TicketKeyFile, []byte(strings.Repeat("# comment\n", filelimit.Small/10+1)), 0o600)
+	_, err := readTicketKeys(te.cfg.TicketKeyFile)
+	if !errors.Is(err, filelimit.ErrTooLarge) || !strings.Contains(err.Error(), te.cfg.TicketKeyFile) || !strings.Contains(err.Error(), "more than 65536 bytes") {
+		t.Fatalf("oversized key file: %v", err)
+	}
+	if err := te.rotateTicketKeys(time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if keys, err := readTicketKeys(te.cfg.TicketKeyFile); err != nil || len(keys) != 1 {
+		t.Fatalf("after the rotation: %d keys, %v", len(keys), err)
 	}
 }

@@ -1,6 +1,9 @@
 package mail
 
 import (
+	"io"
+
+	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapserver"
 )
 
@@ -26,6 +29,30 @@ func (s *imapSession) Login(username, password string) error {
 		s.metadata.loggedIn.Store(true)
 	}
 	return nil
+}
+
+// Append stores a message only if its literal came whole. go-imap
+// v2.0.0-beta.8's literal reader ends with io.EOF when the connection ends
+// inside the literal, and imapmemserver would store the fragment as a
+// message; Dovecot stores nothing then (RFC 9051 §6.3.12: the message is
+// the literal's octets, all of them).
+func (s *imapSession) Append(mailbox string, r imap.LiteralReader, options *imap.AppendOptions) (*imap.AppendData, error) {
+	return s.SessionIMAP4rev2.Append(mailbox, &wholeLiteral{LiteralReader: r, left: r.Size()}, options)
+}
+
+// wholeLiteral turns the early end of a literal into io.ErrUnexpectedEOF.
+type wholeLiteral struct {
+	imap.LiteralReader
+	left int64
+}
+
+func (w *wholeLiteral) Read(p []byte) (int, error) {
+	n, err := w.LiteralReader.Read(p)
+	w.left -= int64(n)
+	if err == io.EOF && w.left > 0 {
+		err = io.ErrUnexpectedEOF
+	}
+	return n, err
 }
 
 // Idle polls, then idles until stop or the next delivery to the user, and

@@ -1,6 +1,7 @@
 package mail
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
 	"io"
@@ -325,5 +326,40 @@ func TestLocalDeliveryLifecycle(t *testing.T) {
 	}
 	if _, err := newTestBackend(t, BackendConfig{Protocol: IMAP, Mode: ModeProxy, Address: d.IMAPAddr()}).Probe(t.Context()); err == nil {
 		t.Error("IMAP still answers after Close")
+	}
+}
+
+// TestLocalDeliveryDropsCutAppend: a client that leaves in the middle of an
+// APPEND literal stores nothing (go-imap would store the fragment).
+func TestLocalDeliveryDropsCutAppend(t *testing.T) {
+	d, _ := startDelivery(t)
+	alice := createAccount(t, d)
+	b := newTestBackend(t, BackendConfig{Protocol: IMAP, Mode: ModeProxy, Address: d.IMAPAddr()})
+	conn, err := b.Dial(testContext(t, 10*time.Second), testClient)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	r := bufio.NewReader(conn)
+	io.WriteString(conn, "l1 LOGIN "+alice.User+" \""+alice.Password+"\"\r\na1 APPEND INBOX {100}\r\n")
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			t.Fatalf("no continuation request for the literal: %v", err)
+		}
+		if strings.HasPrefix(line, "+") {
+			break
+		}
+	}
+	io.WriteString(conn, "From: half\r\n")
+	conn.Close()
+
+	c := imapClient(t, d, alice, nil)
+	data, err := c.Status("INBOX", &imap.StatusOptions{NumMessages: true}).Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if *data.NumMessages != 0 {
+		t.Fatalf("%d messages in INBOX, want none", *data.NumMessages)
 	}
 }

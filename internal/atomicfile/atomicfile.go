@@ -1,12 +1,9 @@
 // Package atomicfile writes files so that readers see either the old or the
-// new content, never a mix, and a crash leaves no half-written file; and
-// reads them back with a bound on their size.
+// new content, never a mix, and a crash leaves no half-written file.
 package atomicfile
 
 import (
-	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -54,26 +51,4 @@ func write(path string, data []byte, perm fs.FileMode, place func(tmp, path stri
 		d.Close()
 	}
 	return nil
-}
-
-// ErrTooLarge is returned by ReadLimited for a file over its limit.
-var ErrTooLarge = errors.New("file too large")
-
-// ReadLimited reads a whole file of at most limit bytes: state and
-// configuration files are small, and one that is not is refused with an
-// error naming it, not read into memory.
-func ReadLimited(path string, limit int64) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, limit+1))
-	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", path, err)
-	}
-	if int64(len(data)) > limit {
-		return nil, fmt.Errorf("%s: %w (more than %d bytes)", path, ErrTooLarge, limit)
-	}
-	return data, nil
 }

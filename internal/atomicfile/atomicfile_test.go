@@ -53,20 +53,3 @@ func TestWriteNewNeverReplaces(t *testing.T) {
 		t.Fatalf("leftovers: %v", entries)
 	}
 }
-
-func TestReadLimited(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "f")
-	if err := os.WriteFile(path, []byte("12345"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if b, err := ReadLimited(path, 5); err != nil || string(b) != "12345" {
-		t.Fatalf("at the limit: %q, %v", b, err)
-	}
-	_, err := ReadLimited(path, 4)
-	if !errors.Is(err, ErrTooLarge) || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "more than 4 bytes") {
-		t.Fatalf("over the limit: %v", err)
-	}
-	if _, err := ReadLimited(path+"-missing", 4); !errors.Is(err, fs.ErrNotExist) {
-		t.Fatalf("missing file: %v", err)
-	}
-}

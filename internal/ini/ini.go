@@ -7,9 +7,12 @@ package ini
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"fmt"
-	"os"
 	"strings"
+	"unicode/utf8"
+
+	"chatmail-edge/internal/filelimit"
 )
 
 // File is a parsed INI file.
@@ -44,23 +47,30 @@ func (f *File) Errorf(v *Value, format string, args ...any) error {
 	return &Error{Path: f.Path, Line: v.Line, Msg: fmt.Sprintf(format, args...)}
 }
 
-// ReadFile reads and parses path.
+// ReadFile reads and parses path, which may hold at most
+// filelimit.Config bytes.
 func ReadFile(path string) (*File, error) {
-	data, err := os.ReadFile(path)
+	data, err := filelimit.ReadFile(path, filelimit.Config)
 	if err != nil {
 		return nil, err
 	}
 	return Parse(path, data)
 }
 
-// Parse parses data; path is only used in errors.
+// Parse parses data; path is only used in errors. The text must be UTF-8
+// without NUL or other control characters but tab (Python's configparser
+// reads chatmail.ini as UTF-8 text; a control character in a value is a
+// damaged file, never a setting).
 func Parse(path string, data []byte) (*File, error) {
 	f := &File{Path: path}
 	cur := &Section{Line: 0}
 	var last *Value
 	sc := bufio.NewScanner(bytes.NewReader(data))
-	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
+	sc.Buffer(make([]byte, 0, 64<<10), filelimit.Config)
 	for n := 1; sc.Scan(); n++ {
+		if err := checkText(sc.Text()); err != nil {
+			return nil, &Error{path, n, err.Error()}
+		}
 		raw := strings.TrimRight(sc.Text(), " \t\r")
 		line := strings.TrimSpace(raw)
 		if n == 1 {
@@ -133,6 +143,21 @@ func (f *File) Get(section, key string) *Value {
 	for _, v := range s.Keys {
 		if v.Key == key {
 			return v
+		}
+	}
+	return nil
+}
+
+// checkText refuses what a text line of a configuration file never holds:
+// bytes that are not UTF-8, and control characters other than tab (the
+// scanner has taken off a CRLF line's carriage return).
+func checkText(line string) error {
+	if !utf8.ValidString(line) {
+		return errors.New("not UTF-8 text")
+	}
+	for _, r := range line {
+		if r < 0x20 && r != '\t' || r == 0x7f {
+			return fmt.Errorf("control character %U in the text", r)
 		}
 	}
 	return nil

@@ -1,8 +1,13 @@
 package ini
 
 import (
+	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+
+	"chatmail-edge/internal/filelimit"
 )
 
 func TestParseChatmailStyle(t *testing.T) {
@@ -40,11 +45,33 @@ func TestParseErrorsNameFileAndLine(t *testing.T) {
 		// one without a name, were taken as new ones.
 		"[a]\nx = 1\n[a]\ny = 2\n": "f.ini:3: section [a] appears twice",
 		"x = 1\n[ ]\nx = 2\n":      "f.ini:2: malformed section header",
+		"[a]\nx = a\x00b\n":        "f.ini:2: control character U+0000",
+		"[a]\nx = \xffz\n":         "f.ini:2: not UTF-8 text",
+		"[a]\nx\x1b[2J = 1\n":      "f.ini:2: control character U+001B",
 	}
 	for src, want := range cases {
 		_, err := Parse("f.ini", []byte(src))
 		if err == nil || !strings.HasPrefix(err.Error(), want) {
 			t.Errorf("%q: got %v, want %q...", src, err, want)
 		}
+	}
+}
+
+// TestCRLFAndTabs: Windows line ends and tabs are text.
+func TestCRLFAndTabs(t *testing.T) {
+	f, err := Parse("f.ini", []byte("[a]\r\nx =\t1\r\n"))
+	if err != nil || f.Get("a", "x") == nil || f.Get("a", "x").Value != "1" {
+		t.Fatalf("%+v, %v", f, err)
+	}
+}
+
+// TestReadFileLimit: a file over the limit is refused with its name and
+// the limit, before it is parsed.
+func TestReadFileLimit(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "huge.ini")
+	os.WriteFile(path, []byte("[a]\n"+strings.Repeat("# padding\n", filelimit.Config/10+1)), 0o644)
+	_, err := ReadFile(path)
+	if !errors.Is(err, filelimit.ErrTooLarge) || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "more than 1048576 bytes") {
+		t.Fatalf("got %v", err)
 	}
 }
