@@ -187,11 +187,13 @@ func (env *attackEnv) session(ctx context.Context, targets []*target, i int) {
 	env.pool.watch(conn, nil, 0)
 }
 
-// failed counts a failed attempt, unless the attack's end cut it off.
+// failed counts a failed attempt, or one the attack's end cut off.
 func (env *attackEnv) failed(ctx context.Context, err error) {
-	if ctx.Err() == nil {
-		env.pool.failed(err)
+	if ctx.Err() != nil {
+		env.pool.cutOff()
+		return
 	}
+	env.pool.failed(err)
 }
 
 // captureClientHello is the first flight a TLS client of t sends: one

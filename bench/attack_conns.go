@@ -36,6 +36,7 @@ type attackerCounts struct {
 	PeakOpen    int // the most held at once
 	GotBytes    int // connections on which the server sent something (an alert, an HTTP answer)
 	OpenAtEnd   int // still held when the attack ended
+	CutOff      int // still connecting (or in the TLS handshake) when the attack ended
 	// HeldAtUpgrade is how many were open when the upgrade began;
 	// DroppedAfterUpgrade how many of all connections the server closed
 	// after it began.
@@ -62,6 +63,14 @@ func (p *attackConns) failed(err error) {
 	}
 	p.counts.Started++
 	p.counts.Failed++
+	p.mu.Unlock()
+}
+
+// cutOff counts an attempt the attack's end interrupted: the server had
+// not answered it by then.
+func (p *attackConns) cutOff() {
+	p.mu.Lock()
+	p.counts.CutOff++
 	p.mu.Unlock()
 }
 

@@ -61,6 +61,7 @@ var attackerFigures = []struct {
 	{"time the server held the ones it closed, median", "s", 1, func(r attackRun) float64 { return r.HeldMedian.Seconds() }},
 	{"attacker connections the server sent bytes on", "", 0, func(r attackRun) float64 { return float64(r.Attacker.GotBytes) }},
 	{"attacker connections still open at the end", "", 0, func(r attackRun) float64 { return float64(r.Attacker.OpenAtEnd) }},
+	{"attempts still unanswered at the end (connect or TLS)", "", 0, func(r attackRun) float64 { return float64(r.Attacker.CutOff) }},
 	{"load tool CPU (the attacker's cost), share of one core", "%", 1, toolCPUPercent},
 	{"load tool peak RSS", "MiB", 0, func(r attackRun) float64 { return float64(r.ToolPeakRSSKiB) / 1024 }},
 }
@@ -207,8 +208,8 @@ func (run attackRun) summaryLine(s attackStack) string {
 		fmt.Fprintf(&b, "%s: p50 %v p90 %v max %v, %d of %d failed; ", p.Label, st.P50.Round(time.Millisecond), st.P90.Round(time.Millisecond), st.Max.Round(time.Millisecond), st.Failures, st.N)
 	}
 	a := run.Attacker
-	fmt.Fprintf(&b, "attacker: %d attempted, %d failed, %d at most open, %d closed by the server (held %.1fs median), %d got bytes, %d open at the end; load tool CPU %.1f%% of a core, RSS %d MiB",
-		a.Started, a.Failed, a.PeakOpen, run.ServerClosed, run.HeldMedian.Seconds(), a.GotBytes, a.OpenAtEnd, toolCPUPercent(run), run.ToolPeakRSSKiB/1024)
+	fmt.Fprintf(&b, "attacker: %d attempted, %d failed, %d at most open, %d closed by the server (held %.1fs median), %d got bytes, %d open and %d unanswered at the end; load tool CPU %.1f%% of a core, RSS %d MiB",
+		a.Started, a.Failed, a.PeakOpen, run.ServerClosed, run.HeldMedian.Seconds(), a.GotBytes, a.OpenAtEnd, a.CutOff, toolCPUPercent(run), run.ToolPeakRSSKiB/1024)
 	if a.HeldAtUpgrade > 0 || run.UpgradeErr != "" {
 		fmt.Fprintf(&b, "; %d held when the upgrade began, %d closed by the server after it", a.HeldAtUpgrade, a.DroppedAfterUpgrade)
 	}

@@ -255,12 +255,15 @@ func TestPlaintextAnsweredAndRefused(t *testing.T) {
 	closed.Close()
 	env.raw = []*target{{Addr: closedAddr}}
 	env.rawConn(context.Background(), 1, []byte("x"), nil)
+	ended, cancel := context.WithCancel(context.Background())
+	cancel()
+	env.rawConn(ended, 2, []byte("x"), nil) // the attack is over: not a failure
 
 	counts, closes := env.pool.end()
 	if request != "GET / HTTP/1.1\r\n" {
 		t.Errorf("server read %q", request)
 	}
-	if counts.Started != 2 || counts.Established != 1 || counts.GotBytes != 1 || len(closes) != 1 || counts.Failed != 1 || !strings.Contains(counts.FirstFailure, closedAddr) {
+	if counts.Started != 2 || counts.Established != 1 || counts.GotBytes != 1 || len(closes) != 1 || counts.Failed != 1 || !strings.Contains(counts.FirstFailure, closedAddr) || counts.CutOff != 1 {
 		t.Errorf("counts %+v, server closes %v", counts, closes)
 	}
 }
@@ -469,6 +472,11 @@ func TestAttackRowsAndTables(t *testing.T) {
 		t.Errorf("p90 of a run without a success: %v", v)
 	}
 	var b strings.Builder
+	printTable(&b, rows)
+	if !strings.Contains(b.String(), "| n/a | chatmail today: 10 [10–10] ms | n/a | "+attackTarget+" | no |") {
+		t.Errorf("the flood's row, without a p90 on the edge:\n%s", b.String())
+	}
+	b.Reset()
 	r.printClients(&b, chosen, stacks)
 	r.printAttackers(&b, chosen, stacks)
 	for _, want := range []string{
