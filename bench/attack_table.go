@@ -90,14 +90,19 @@ const attackTarget = "p90 ≤ 1 s in every run, 0 failures"
 func (r attackResults) rows(chosen []attack, stacks map[string]attackStack) []row {
 	var main, details []row
 	for _, a := range chosen {
+		target, mostDropped := attackTarget, 0.0
+		if a.Name == "upgrade" {
+			// Issue 16: an upgrade drops no established session either.
+			target, mostDropped = attackTarget+", no session dropped", summarize(r.values(a.Name, stackEdge, upgradeFigures[1].value)).Max
+		}
 		for i, p := range stacks[stackEdge].Ports {
 			fails := summarize(r.values(a.Name, stackEdge, failuresOf(i)))
 			main = append(main, row{
 				Figure: fmt.Sprintf("%s: legitimate client from another address, time to IMAP greeting on %s, p90 (edge with ECH; chatmail today without)", a.Name, p.Label),
 				Unit:   "ms", Edge: r.values(a.Name, stackEdge, latencyMillis(i, p90Of)),
 				BaseName: stackToday, Base: r.values(a.Name, stackToday, latencyMillis(i, p90Of)),
-				Target: attackTarget,
-				Check:  func(edge, _ summary) bool { return edge.Max <= 1000 && fails.Max == 0 },
+				Target: target,
+				Check:  func(edge, _ summary) bool { return edge.Max <= 1000 && fails.Max == 0 && mostDropped == 0 },
 			})
 		}
 		for _, s := range stackList(stacks) {

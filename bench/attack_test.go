@@ -431,8 +431,10 @@ func TestAttackRowsAndTables(t *testing.T) {
 		stackEdge:  {stack: stack{Name: stackEdge}, Ports: []attackPort{{Label: "443"}, {Label: "993"}}},
 		stackToday: {stack: stack{Name: stackToday}, Ports: []attackPort{{Label: "443"}, {Label: "993"}}},
 	}
-	chosen, _ := findAttacks([]string{"slow-hello", "dribble", "flood"})
+	chosen, _ := findAttacks([]string{"slow-hello", "dribble", "flood", "upgrade"})
 	r := attackResults{}
+	dropping := run(10*time.Millisecond, 0)
+	dropping.Attacker.DroppedAfterUpgrade = 1
 	for _, x := range []struct {
 		attack string
 		edge   attackRun
@@ -440,6 +442,7 @@ func TestAttackRowsAndTables(t *testing.T) {
 		{"slow-hello", run(200*time.Millisecond, 0)},
 		{"dribble", run(1500*time.Millisecond, 0)},
 		{"flood", run(0, 4)},
+		{"upgrade", dropping},
 	} {
 		for range 2 {
 			r.add(x.attack, stackEdge, x.edge)
@@ -459,7 +462,8 @@ func TestAttackRowsAndTables(t *testing.T) {
 		}
 		verdicts[attack+port] = row.verdict()
 	}
-	want := map[string]string{"slow-hello443": "yes", "slow-hello993": "yes", "dribble443": "no", "dribble993": "no", "flood443": "no", "flood993": "no"}
+	want := map[string]string{"slow-hello443": "yes", "slow-hello993": "yes", "dribble443": "no", "dribble993": "no", "flood443": "no", "flood993": "no",
+		"upgrade443": "no", "upgrade993": "no"} // the client is served, but a session was dropped
 	if len(verdicts) != len(want) {
 		t.Errorf("verdicts %v, want %v", verdicts, want)
 	}
