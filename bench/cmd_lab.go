@@ -92,12 +92,7 @@ func runFigures(ctx context.Context, name string, figs []figure, args []string, 
 	if err != nil {
 		return err
 	}
-	defer func() {
-		if err != nil {
-			l.opts.Keep = true // the logs tell what went wrong
-		}
-		l.close()
-	}()
+	defer l.closeKeepingOnError(&err)
 
 	started := time.Now()
 	noise := startNoiseMeter()

@@ -119,6 +119,15 @@ func (l *lab) close() error {
 	return err
 }
 
+// closeKeepingOnError is close for a defer; after a failure (*err set) it
+// keeps the folder: the logs tell what went wrong.
+func (l *lab) closeKeepingOnError(err *error) {
+	if *err != nil {
+		l.opts.Keep = true
+	}
+	l.close()
+}
+
 func (l *lab) makeDir() error {
 	l.dir = l.opts.Dir
 	if l.dir == "" {
@@ -175,7 +184,7 @@ func (l *lab) makeCertificate() error {
 // pickPorts finds free loopback ports (all held at once, so they differ).
 func pickPorts() (labPorts, error) {
 	var p labPorts
-	fields := []*int{&p.DovecotTLS, &p.DovecotProxy, &p.BackendProxy, &p.Today, &p.Unrouted, &p.TermIMAP, &p.TermEcho, &p.EdgeIMAP, &p.EdgeEcho}
+	fields := []*int{&p.DovecotTLS, &p.DovecotProxy, &p.BackendProxy, &p.Today, &p.Web, &p.Unrouted, &p.TermIMAP, &p.TermEcho, &p.EdgeIMAP, &p.EdgeIMAPS, &p.EdgeEcho}
 	var lns []net.Listener
 	defer func() {
 		for _, ln := range lns {
@@ -227,14 +236,18 @@ func (l *lab) writeConfigs() error {
 	nofile := min(l.fileLimit, 65536)
 	files := map[string]string{
 		"dovecot.conf":           dovecotConf(l.dir, l.certFile, l.keyFile, p),
-		"nginx-today.conf":       nginxConf(l.dir, "today", nofile, todayStream(p)),
+		"nginx-today.conf":       l.todayConf(nofile),
+		"www/index.html":         "<!doctype html><title>" + benchDomain + "</title><p>chatmail-edge bench\n",
 		"nginx-termination.conf": nginxConf(l.dir, "termination", nofile, terminationStream(l.certFile, l.keyFile, l.path("nginx-ticket.key"), p)),
 		"chatmail.ini":           chatmailINI,
-		"edge-imap.ini":          edgeConf(l.path("chatmail.ini"), l.path("edge-imap-state"), l.certFile, l.keyFile, p.EdgeIMAP, p.DovecotProxy),
-		"edge-echo.ini":          edgeConf(l.path("chatmail.ini"), l.path("edge-echo-state"), l.certFile, l.keyFile, p.EdgeEcho, p.BackendProxy),
+		"edge-imap.ini":          edgeConf(l.edgeFile("edge-imap-state", p.EdgeIMAP, p.DovecotProxy)),
+		"edge-echo.ini":          edgeConf(l.edgeFile("edge-echo-state", p.EdgeEcho, p.BackendProxy)),
 	}
 	if err := os.WriteFile(l.path("nginx-ticket.key"), ticketKey, 0o600); err != nil {
 		return fmt.Errorf("write nginx ticket key: %w", err)
+	}
+	if err := os.MkdirAll(l.path("www"), 0o755); err != nil {
+		return fmt.Errorf("create the web root: %w", err)
 	}
 	for name, text := range files {
 		if err := os.WriteFile(l.path(name), []byte(text), 0o644); err != nil {
@@ -255,7 +268,7 @@ func (l *lab) writeConfigs() error {
 		Ports: []string{addr(p.BackendProxy)}}
 	l.nginxToday = &daemon{Name: "nginx (chatmail today)", CPUs: cpus, LogFile: l.path("nginx-today.stderr"),
 		Argv:  []string{"nginx", "-e", l.path("nginx-today.log"), "-c", l.path("nginx-today.conf")},
-		Ports: []string{addr(p.Today)}}
+		Ports: []string{addr(p.Today), addr(p.Web)}}
 	l.nginxTerm = &daemon{Name: "nginx (termination)", CPUs: cpus, LogFile: l.path("nginx-termination.stderr"),
 		Argv:  []string{"nginx", "-e", l.path("nginx-termination.log"), "-c", l.path("nginx-termination.conf")},
 		Ports: []string{addr(p.TermIMAP), addr(p.TermEcho)}}
@@ -266,6 +279,18 @@ func (l *lab) writeConfigs() error {
 		Argv:  []string{l.edgeBin, "serve", "--config", l.path("edge-echo.ini")},
 		Ports: []string{addr(p.EdgeEcho)}}
 	return nil
+}
+
+// edgeFile is the configuration of an edge of the lab.
+func (l *lab) edgeFile(state string, port, backend int) edgeFile {
+	return edgeFile{ChatmailINI: l.path("chatmail.ini"), StateDir: l.path(state), CertFile: l.certFile, KeyFile: l.keyFile, Port: port, Backend: backend}
+}
+
+// todayConf is nginx as chatmail runs it: the stream block on 443 and the
+// HTTPS site behind it, with nofile as worker_connections and
+// worker_rlimit_nofile.
+func (l *lab) todayConf(nofile uint64) string {
+	return nginxConf(l.dir, "today", nofile, todayStream(l.ports)+todayWeb(l.dir, l.certFile, l.keyFile, l.ports))
 }
 
 // echConfig asks the edge for its ECHConfigList (created at its first start).

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 )
 
@@ -21,10 +22,12 @@ type labPorts struct {
 	DovecotProxy int // Dovecot plaintext, haproxy = yes
 	BackendProxy int // bench backend, PROXY header first
 	Today        int // nginx ssl_preread on ALPN (chatmail's 443)
-	Unrouted     int // a closed port for the routes no figure uses (8443, 465)
+	Web          int // nginx's HTTPS site behind Today's default route (chatmail's 8443)
+	Unrouted     int // a closed port for the route no figure uses (Postfix's 465)
 	TermIMAP     int // nginx TLS termination to Dovecot
 	TermEcho     int // nginx TLS termination to the bench backend
 	EdgeIMAP     int // the edge to Dovecot
+	EdgeIMAPS    int // its implicit-TLS IMAP listener (993), configured by the attack lab only
 	EdgeEcho     int // a second edge to the bench backend
 }
 
@@ -110,11 +113,13 @@ events {
 
 // todayStream is chatmail's stream block (chatmail-frontend.md §1.2):
 // ssl_preread routing on the ALPN, TLS passthrough to Dovecot, no PROXY
-// protocol, nginx's default listen backlog.
+// protocol, nginx's default listen backlog and timeouts. Everything
+// without imap or smtp in its ALPN list, non-TLS bytes included, goes to
+// the HTTPS site (todayWeb); Postfix is not in the lab.
 func todayStream(p labPorts) string {
 	return fmt.Sprintf(`stream {
     map $ssl_preread_alpn_protocols $proxy {
-        default 127.0.0.1:%[1]d;
+        default 127.0.0.1:%[4]d;
         ~\bsmtp\b 127.0.0.1:%[1]d;
         ~\bimap\b 127.0.0.1:%[2]d;
     }
@@ -124,7 +129,31 @@ func todayStream(p labPorts) string {
         ssl_preread on;
     }
 }
-`, p.Unrouted, p.DovecotTLS, p.Today)
+`, p.Unrouted, p.DovecotTLS, p.Today, p.Web)
+}
+
+// todayWeb is chatmail's HTTPS site on 8443 (chatmail-frontend.md §1.3,
+// §1.4) as far as a connection's life goes: TLS 1.2 and 1.3, a static
+// root, server_tokens off; no access log in the lab.
+func todayWeb(dir, certFile, keyFile string, p labPorts) string {
+	return fmt.Sprintf(`http {
+    server_tokens off;
+    access_log off;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_prefer_server_ciphers on;
+    ssl_certificate %[2]s;
+    ssl_certificate_key %[3]s;
+    default_type application/octet-stream;
+    server {
+        listen 127.0.0.1:%[4]d ssl default_server;
+        root %[1]s/www;
+        index index.html;
+        location / {
+            try_files $uri $uri/ =404;
+        }
+    }
+}
+`, dir, certFile, keyFile, p.Web)
 }
 
 // terminationStream is the best a plain nginx can do without ECH: it ends
@@ -150,30 +179,42 @@ func terminationStream(certFile, keyFile, ticketKey string, p labPorts) string {
 `, certFile, keyFile, ticketKey, server(p.TermIMAP, p.DovecotProxy), server(p.TermEcho, p.BackendProxy))
 }
 
-// edgeConf is the edge's configuration file: HTTPS (ALPN imap) on a
-// loopback port, IMAP in proxy mode to backend, no plain HTTP listener.
-func edgeConf(chatmailINI, stateDir, certFile, keyFile string, port, backend int) string {
-	return strings.Join([]string{
+// edgeFile is the edge's configuration file: HTTPS (ALPN imap) on a
+// loopback port, IMAP in proxy mode to a backend, no plain HTTP listener.
+type edgeFile struct {
+	ChatmailINI, StateDir, CertFile, KeyFile string
+	Port, Backend                            int
+	MaxConnections                           int      // 0: 60000, more than a figure holds
+	Extra                                    []string // more lines of [edge] (the attack lab's)
+}
+
+func edgeConf(e edgeFile) string {
+	maxConns := e.MaxConnections
+	if maxConns == 0 {
+		maxConns = 60000
+	}
+	return strings.Join(slices.Concat([]string{
 		"[edge]",
-		"chatmail_ini = " + chatmailINI,
-		"state_dir = " + stateDir,
-		fmt.Sprintf("https = 127.0.0.1:%d", port),
+		"chatmail_ini = " + e.ChatmailINI,
+		"state_dir = " + e.StateDir,
+		fmt.Sprintf("https = 127.0.0.1:%d", e.Port),
 		"http =",
-		"max_connections = 60000",
+		fmt.Sprintf("max_connections = %d", maxConns),
 		"log_level = warn",
+	}, e.Extra, []string{
 		"",
 		"[imap]",
 		"backend = proxy",
-		fmt.Sprintf("address = 127.0.0.1:%d", backend),
+		fmt.Sprintf("address = 127.0.0.1:%d", e.Backend),
 		"",
 		"[tls]",
-		"cert = " + certFile,
-		"key = " + keyFile,
+		"cert = " + e.CertFile,
+		"key = " + e.KeyFile,
 		"",
 		"# The admin listener runs as on a relay (status probes included), on a",
 		"# port of its own: two edges run side by side.",
 		"[admin]",
 		"address = 127.0.0.1:0",
 		"",
-	}, "\n")
+	}), "\n")
 }

@@ -1,7 +1,8 @@
 // Command bench is chatmail-edge's load tool (issue 7). Its four load modes
 // work against any TLS endpoint and measure the server processes from /proc;
 // `lab`, `figure` and `all` start the edge and today's nginx/Dovecot
-// baselines side by side and print the table of issue 7.
+// baselines side by side and print the table of issue 7; `attack` runs the
+// attacks of issue 16 against the edge and chatmail's nginx in the same lab.
 //
 // Run it from the repository root: go run ./bench MODE [flags].
 package main
@@ -34,6 +35,9 @@ With the baselines (starts nginx, Dovecot, the edge and the backend; root; insta
   go run ./bench lab [flags]          start everything, print the addresses and PIDs, wait for Ctrl-C
   go run ./bench figure NAME [flags]  one figure of issue 7: handshake, idle, idle-traffic, bulk, storm, resume
   go run ./bench all [flags]          every figure, then the table
+  go run ./bench attack [flags]       attacks (slow hello, dribble, plaintext, per-address flood, upgrade storm)
+                                      on the edge and on chatmail's nginx passthrough: a legitimate
+                                      client's time to its IMAP greeting meanwhile (issue 16)
 
 Run "go run ./bench MODE -h" for a mode's flags; docs/BENCHMARKS.md explains each figure.
 `
@@ -80,6 +84,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cmdFigure(ctx, args, stdout, stderr)
 	case "all":
 		return cmdAll(ctx, args, stdout, stderr)
+	case "attack":
+		return cmdAttack(ctx, args, stdout, stderr)
 	}
 	return fmt.Errorf("%w: unknown mode %q (see go run ./bench help)", errUsage, mode)
 }

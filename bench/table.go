@@ -70,8 +70,12 @@ func printTable(w io.Writer, rows []row) {
 		if target == "" {
 			target = "-"
 		}
+		ratio := summarize(ratios(r.Edge, r.Base)).format(2)
+		if ratio != "n/a" {
+			ratio += "x"
+		}
 		fmt.Fprintf(w, "| %s | %s | %s: %s | %s | %s | %s |\n", cell(r.Figure), withUnit(summarize(r.Edge), r.Prec, r.Unit),
-			r.BaseName, withUnit(summarize(r.Base), r.Prec, r.Unit), summarize(ratios(r.Edge, r.Base)).format(2)+"x", cell(target), r.verdict())
+			r.BaseName, withUnit(summarize(r.Base), r.Prec, r.Unit), ratio, cell(target), r.verdict())
 	}
 }
 
