@@ -47,6 +47,9 @@ imaps = 127.0.0.1:0
 smtps = 127.0.0.1:0
 hello_timeout = 500ms
 handshake_timeout = 2s
+[web]
+header_timeout = 2s
+send_timeout = 2s
 [admin]
 address = 127.0.0.1:0
 `

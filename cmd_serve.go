@@ -247,6 +247,7 @@ func (s *settings) instanceConfig() (instanceConfig, error) {
 		Web:          s.webConfig(),
 		AdminAddr:    s.AdminAddress,
 		MetadataFile: s.ECHMetadataFile,
+		HTTPLimits:   s.httpLimits(),
 	}, nil
 }
 

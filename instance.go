@@ -43,6 +43,7 @@ type instanceConfig struct {
 	Web          web.Config
 	AdminAddr    string            // loopback listener of the detailed status page and /metrics; "" for none
 	MetadataFile string            // the ECH config list for chatmail's IMAP METADATA; "" for none
+	HTTPLimits   web.ServerLimits  // timeouts of every HTTP server
 	Certs        acme.StatusSource // certificates, for the status page and metrics
 	// Listen opens the listener name on addr, for every listener (serve's
 	// come from handoff.go's sockets); nil listens anew.

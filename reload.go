@@ -105,6 +105,8 @@ func (s *settings) restartOnly(next *settings) []string {
 	differ("[edge] smtps", s.listenAddr(s.SMTPS), next.listenAddr(next.SMTPS))
 	differ("[edge] http", s.listenAddr(s.HTTP), next.listenAddr(next.HTTP))
 	differ("[admin] address", s.AdminAddress, next.AdminAddress)
+	differ("[web] header_timeout", s.HeaderTimeout, next.HeaderTimeout)
+	differ("[web] send_timeout", s.SendTimeout, next.SendTimeout)
 	differ("[edge] control_socket", s.ControlSocket, next.ControlSocket)
 	differ("[edge] state_dir", s.StateDir, next.StateDir)
 	differ("[edge] log_level", s.LogLevel, next.LogLevel)

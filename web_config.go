@@ -15,6 +15,8 @@ type webSettings struct {
 	MXDelivUpstream   string
 	IrohRelayUpstream string
 	UpstreamTimeout   time.Duration
+	HeaderTimeout     time.Duration
+	SendTimeout       time.Duration
 	MTASTSMode        string
 	MTASTSMaxAge      int
 	AdminAddress      string
@@ -57,6 +59,10 @@ var webOptions = []option{
 		upstreamURL(func(s *settings) *string { return &s.IrohRelayUpstream })},
 	{"web", "upstream_timeout", "60s", "Longest wait for an upstream's response headers; connecting is bounded by backend_timeout. Then the client gets 502.",
 		durationIn(time.Second, 10*time.Minute, func(s *settings) *time.Duration { return &s.UpstreamTimeout })},
+	{"web", "header_timeout", "10s", "Longest time to read an HTTP request's headers. Needs a restart.",
+		durationIn(time.Second, 10*time.Minute, func(s *settings) *time.Duration { return &s.HeaderTimeout })},
+	{"web", "send_timeout", "60s", "Longest wait for an HTTP client to take the next 32 KiB of a response (nginx's send_timeout); a client that stops reading is cut. One response lasts at most an hour. Needs a restart.",
+		durationIn(time.Second, time.Hour, func(s *settings) *time.Duration { return &s.SendTimeout })},
 	{"mta-sts", "mode", "enforce", "Mode of the MTA-STS policy served at https://mta-sts.<mail_domain>/.well-known/mta-sts.txt: enforce, testing or none (RFC 8461 §5). `chatmail-edge dns` prints the matching _mta-sts record.",
 		func(s *settings, v string) error {
 			if err := web.ValidMTASTSMode(v); err != nil {
@@ -81,6 +87,11 @@ var webOptions = []option{
 }
 
 // webConfig is the web server's part of the settings.
+// httpLimits are the web servers' timeouts.
+func (s *settings) httpLimits() web.ServerLimits {
+	return web.ServerLimits{HeaderTimeout: s.HeaderTimeout, SendTimeout: s.SendTimeout}
+}
+
 func (s *settings) webConfig() web.Config {
 	return web.Config{
 		SiteDir:             s.SiteDir,

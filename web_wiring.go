@@ -112,14 +112,14 @@ func (in *instance) startWeb(backends edge.Backends) error {
 	current := func(h func(*webServing) http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { h(in.webNow.Load()).ServeHTTP(w, r) })
 	}
-	in.https = web.NewHTTPServer(current(func(ws *webServing) http.Handler { return ws.https }), in.log, in.edge.HTTPConnState)
+	in.https = web.NewHTTPServer(current(func(ws *webServing) http.Handler { return ws.https }), in.log, in.edge.HTTPConnState, in.cfg.HTTPLimits)
 	in.serve(in.https, in.edge.HTTPListener())
 	if in.httpLn != nil {
-		in.http = web.NewHTTPServer(current(func(ws *webServing) http.Handler { return ws.redirect }), in.log, nil)
+		in.http = web.NewHTTPServer(current(func(ws *webServing) http.Handler { return ws.redirect }), in.log, nil, in.cfg.HTTPLimits)
 		in.serve(in.http, in.httpLn)
 	}
 	if in.adminLn != nil {
-		in.admin = web.NewHTTPServer(current(func(ws *webServing) http.Handler { return ws.admin }), in.log, nil)
+		in.admin = web.NewHTTPServer(current(func(ws *webServing) http.Handler { return ws.admin }), in.log, nil, in.cfg.HTTPLimits)
 		in.serve(in.admin, in.adminLn)
 	}
 	return nil

@@ -28,6 +28,17 @@ const (
 	writeChunk = 32 << 10
 )
 
+// ServerLimits are the timeouts of an HTTP server of ours. Zero values
+// take the defaults.
+type ServerLimits struct {
+	// HeaderTimeout bounds reading a request's headers (and net/http's own
+	// TLS handshake on the admin listener). Default 10s.
+	HeaderTimeout time.Duration
+	// SendTimeout is the longest wait for the client to take the next part
+	// of a response (nginx's send_timeout). Default 60s.
+	SendTimeout time.Duration
+}
+
 // writeLimits are the bounds of a server's responses; tests shorten them.
 type writeLimits struct {
 	stall time.Duration // the longest wait for the client to take more
@@ -40,14 +51,20 @@ type writeLimits struct {
 // There is no overall read or write timeout, since /mxdeliv bodies, large
 // files and /relay WebSockets are long: request bodies have their own idle
 // deadline (upstream.go), responses the write limits above.
-func NewHTTPServer(h http.Handler, log *zap.Logger, connState func(net.Conn, http.ConnState)) *http.Server {
-	return newHTTPServer(h, log, connState, writeLimits{stall: responseStallTimeout, max: maxResponseDuration})
+func NewHTTPServer(h http.Handler, log *zap.Logger, connState func(net.Conn, http.ConnState), sl ServerLimits) *http.Server {
+	if sl.SendTimeout <= 0 {
+		sl.SendTimeout = responseStallTimeout
+	}
+	return newHTTPServer(h, log, connState, writeLimits{stall: sl.SendTimeout, max: maxResponseDuration}, sl.HeaderTimeout)
 }
 
-func newHTTPServer(h http.Handler, log *zap.Logger, connState func(net.Conn, http.ConnState), limits writeLimits) *http.Server {
+func newHTTPServer(h http.Handler, log *zap.Logger, connState func(net.Conn, http.ConnState), limits writeLimits, headerTimeout time.Duration) *http.Server {
+	if headerTimeout <= 0 {
+		headerTimeout = 10 * time.Second
+	}
 	return &http.Server{
 		Handler:           closeUncheckedFraming(limitWrites(h, limits)),
-		ReadHeaderTimeout: 10 * time.Second,
+		ReadHeaderTimeout: headerTimeout,
 		IdleTimeout:       65 * time.Second,
 		MaxHeaderBytes:    64 << 10,
 		ConnState:         limits.boundServerWrites(connState),

@@ -44,7 +44,7 @@ func (l smallSendBuffers) Accept() (net.Conn, error) {
 func startTLSServer(t *testing.T, h http.Handler, limits writeLimits, http2 bool, connState func(net.Conn, http.ConnState)) *httptest.Server {
 	t.Helper()
 	ts := httptest.NewUnstartedServer(nil)
-	ts.Config = newHTTPServer(h, zaptest.NewLogger(t), connState, limits)
+	ts.Config = newHTTPServer(h, zaptest.NewLogger(t), connState, limits, 0)
 	ts.Listener = smallSendBuffers{ts.Listener}
 	ts.EnableHTTP2 = http2
 	ts.StartTLS()
@@ -421,7 +421,7 @@ func TestServerOwnAnswersAreBounded(t *testing.T) {
 				if state == http.StateClosed {
 					closed <- struct{}{}
 				}
-			}, writeLimits{stall: 200 * time.Millisecond, max: time.Hour})
+			}, writeLimits{stall: 200 * time.Millisecond, max: time.Hour}, 0)
 			ln := &pipeListener{conns: make(chan net.Conn, 1), closed: make(chan struct{})}
 			go srv.Serve(ln)
 			t.Cleanup(func() { srv.Close() })
