@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"chatmail-edge/acme"
+	"chatmail-edge/config"
+	"chatmail-edge/service"
 
 	"go.uber.org/zap"
 )
@@ -26,14 +28,14 @@ func addACMEFlags(fs *flag.FlagSet) acmeFlags {
 
 // loadCommand parses the flags serve and acme share (--config and the CA
 // overrides), loads the settings and makes the logger they ask for.
-func loadCommand(fs *flag.FlagSet, args []string, stderr io.Writer) (*settings, *zap.Logger, error) {
+func loadCommand(fs *flag.FlagSet, args []string, stderr io.Writer) (*config.Settings, *zap.Logger, error) {
 	s, err := parseConfigFlags(fs, args)
 	if err != nil {
 		return nil, nil, err
 	}
-	log, err := newLogger(stderr, s.LogLevel)
+	log, err := service.NewLogger(stderr, s.LogLevel)
 	if err != nil {
-		return nil, nil, fmt.Errorf("%w: %v", errConfig, err)
+		return nil, nil, fmt.Errorf("%w: %v", config.ErrConfig, err)
 	}
 	return s, log, nil
 }
@@ -50,9 +52,9 @@ func cmdACME(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer log.Sync()
-	m, err := acme.NewManager(s.acmeConfig(), log.Named("acme"))
+	m, err := acme.NewManager(s.ACME(), log.Named("acme"))
 	if err != nil {
-		return fmt.Errorf("%w: %v", errConfig, err)
+		return fmt.Errorf("%w: %v", config.ErrConfig, err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), accountURLTimeout)
 	defer cancel()

@@ -1,55 +1,16 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"io"
-	"net"
-	"os"
-	"os/signal"
-	"path/filepath"
-	"strconv"
-	"strings"
-	"syscall"
-	"time"
 
-	"chatmail-edge/acme"
-	"chatmail-edge/edge"
-	"chatmail-edge/mail"
-	"chatmail-edge/metadata"
-
-	"go.uber.org/zap"
+	"chatmail-edge/service"
 )
-
-// demoConfig holds the demo's flags: a stable contract that scripts use.
-type demoConfig struct {
-	StateDir  string
-	Domain    string
-	Host      string
-	HTTPSPort int
-	IMAPSPort int
-	SMTPSPort int
-	HTTPPort  int
-	AdminPort int // loopback admin listener: detailed status page and metrics
-
-	// Not flags: tests point the demo at their own upstreams and files.
-	web demoWeb
-}
-
-func defaultDemoState() string {
-	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
-		return filepath.Join(d, "chatmail-edge", "demo")
-	}
-	if home, err := os.UserHomeDir(); err == nil {
-		return filepath.Join(home, ".local", "state", "chatmail-edge", "demo")
-	}
-	return filepath.Join(os.TempDir(), "chatmail-edge-demo")
-}
 
 func cmdDemo(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("demo", stderr, "demo [flags]")
-	var c demoConfig
-	fs.StringVar(&c.StateDir, "state", defaultDemoState(), "state folder: local CA, ECH keys, ticket keys")
+	var c service.DemoConfig
+	fs.StringVar(&c.StateDir, "state", service.DefaultDemoState(), "state folder: local CA, ECH keys, ticket keys")
 	fs.StringVar(&c.Domain, "domain", "chatmail.localhost", "mail domain")
 	fs.StringVar(&c.Host, "host", "127.0.0.1", "address to listen on")
 	fs.IntVar(&c.HTTPSPort, "https-port", 8443, "HTTPS port (IMAP and SMTP by ALPN too)")
@@ -64,167 +25,10 @@ func cmdDemo(args []string, stdout, stderr io.Writer) error {
 	if fs.NArg() > 0 {
 		return fmt.Errorf("%w: unexpected argument %q", errUsage, fs.Arg(0))
 	}
-	log, err := newLogger(stderr, *logLevel)
+	log, err := service.NewLogger(stderr, *logLevel)
 	if err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
 	}
 	defer log.Sync()
-
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	go keepGCFloor(ctx, log)
-	d, err := startDemo(c, log)
-	if err != nil {
-		return err
-	}
-	go keepProcs(ctx, log, d.edge.HandshakeBacklog)
-	d.printBanner(stdout)
-	<-ctx.Done()
-	log.Info("stopping")
-	d.shutdown()
-	return nil
-}
-
-// demo is a running demo: an instance plus the in-process mail delivery.
-type demo struct {
-	*instance
-	cfg      demoConfig
-	delivery *mail.LocalDelivery
-	ca       *acme.LocalCA
-	user     string
-	password string
-}
-
-func startDemo(c demoConfig, log *zap.Logger) (*demo, error) {
-	if err := os.MkdirAll(c.StateDir, 0o700); err != nil {
-		return nil, fmt.Errorf("create state folder: %w", err)
-	}
-	now := time.Now()
-	ca, err := acme.LoadOrCreateLocalCA(c.StateDir, now)
-	if err != nil {
-		return nil, err
-	}
-	names := []string{c.Domain, "www." + c.Domain, "mta-sts." + c.Domain, "autoconfig." + c.Domain, "localhost"}
-	if ip := net.ParseIP(c.Host); ip != nil {
-		names = append(names, ip.String())
-	} else if c.Host != "" {
-		names = append(names, c.Host)
-	}
-	leaf, err := ca.Leaf(c.StateDir, names, now)
-	if err != nil {
-		return nil, err
-	}
-	certs := acme.NewStatic(leaf, "local-ca")
-
-	delivery := mail.NewLocalDelivery(c.Domain, log.Named("delivery"))
-	// GETMETADATA "" answers the ECH entry from the file the instance
-	// publishes, as Dovecot does through the metadata proxy on a relay.
-	delivery.SetServerMetadata(metadata.NewECHFile(c.metadataFile(), log.Named("metadata")).ServerEntry)
-	if err := delivery.Start(); err != nil {
-		return nil, fmt.Errorf("start local delivery: %w", err)
-	}
-	d := &demo{cfg: c, delivery: delivery, ca: ca}
-	addr := func(port int) string { return net.JoinHostPort(c.Host, strconv.Itoa(port)) }
-	in, err := startInstance(instanceConfig{
-		Domain:   c.Domain,
-		StateDir: c.StateDir,
-		Edge: edge.Config{
-			Listeners: []edge.ListenerConfig{
-				{Name: "https", Address: addr(c.HTTPSPort), Kind: edge.KindMux},
-				{Name: "imaps", Address: addr(c.IMAPSPort), Kind: edge.KindIMAP},
-				{Name: "smtps", Address: addr(c.SMTPSPort), Kind: edge.KindSMTP},
-			},
-			Hostname: c.Domain,
-		},
-		HTTPAddr:  addr(c.HTTPPort),
-		HTTPSPort: c.HTTPSPort,
-		GetCert:   certs.GetCertificate,
-		Backends: func(dial func(context.Context, string, string) (net.Conn, error)) (edge.Backends, error) {
-			return demoBackends(delivery, dial)
-		},
-		NewAccount: delivery.CreateAccount,
-
-		Web:          c.webConfig(),
-		AdminAddr:    net.JoinHostPort("127.0.0.1", strconv.Itoa(c.AdminPort)),
-		MetadataFile: c.metadataFile(),
-		Certs:        certs,
-	}, log)
-	if err != nil {
-		delivery.Close()
-		return nil, err
-	}
-	d.instance = in
-	if d.user, d.password, err = delivery.CreateAccount(); err != nil {
-		d.shutdown()
-		return nil, fmt.Errorf("create the demo account: %w", err)
-	}
-	return d, nil
-}
-
-// demoBackends reach the local delivery in proxy mode, so that the demo
-// exercises PROXY v2 exactly as a relay in full mode does.
-func demoBackends(delivery *mail.LocalDelivery, dial func(context.Context, string, string) (net.Conn, error)) (edge.Backends, error) {
-	imapB, err := mail.NewBackend(mail.BackendConfig{Protocol: mail.IMAP, Mode: mail.ModeProxy, Address: delivery.IMAPAddr(), Dial: dial})
-	if err != nil {
-		return edge.Backends{}, err
-	}
-	smtpB, err := mail.NewBackend(mail.BackendConfig{Protocol: mail.SMTP, Mode: mail.ModeProxy, Address: delivery.SMTPAddr(), Dial: dial})
-	if err != nil {
-		return edge.Backends{}, err
-	}
-	return edge.Backends{IMAP: imapB, SMTP: smtpB}, nil
-}
-
-func (d *demo) shutdown() {
-	if d.instance != nil {
-		d.instance.shutdown()
-	}
-	d.delivery.Close()
-}
-
-func (d *demo) port(name string) int { return d.edge.Addr(name).(*net.TCPAddr).Port }
-
-func (d *demo) printBanner(w io.Writer) {
-	keys := d.echKeys.Load()
-	httpPort := 0
-	if d.httpLn != nil {
-		httpPort = d.httpLn.Addr().(*net.TCPAddr).Port
-	}
-	probe := []string{probeCommand(), "probe", "--ca", d.ca.CertFile, "--connect", d.cfg.Host,
-		"--https-port", strconv.Itoa(d.port("https")), "--imaps-port", strconv.Itoa(d.port("imaps")),
-		"--smtps-port", strconv.Itoa(d.port("smtps")), "--user", d.user, "--password", shellQuote(d.password), d.cfg.Domain}
-	fmt.Fprintf(w, "chatmail-edge demo for %s (state folder %s)\n\n", d.cfg.Domain, d.cfg.StateDir)
-	row := func(k, v string) { fmt.Fprintf(w, "  %-28s %s\n", k, v) }
-	row("HTTPS, IMAP+SMTP by ALPN", net.JoinHostPort(d.cfg.Host, strconv.Itoa(d.port("https"))))
-	row("IMAPS", net.JoinHostPort(d.cfg.Host, strconv.Itoa(d.port("imaps"))))
-	row("SMTPS (submission)", net.JoinHostPort(d.cfg.Host, strconv.Itoa(d.port("smtps"))))
-	if httpPort != 0 {
-		row("HTTP (redirects to HTTPS)", net.JoinHostPort(d.cfg.Host, strconv.Itoa(httpPort)))
-	}
-	row("CA certificate", d.ca.CertFile)
-	row("ECH config list (base64)", keys.Base64())
-	d.printWebRows(row)
-	row("demo account", d.user+" / "+d.password)
-	fmt.Fprintf(w, "\nCheck it, with ECH, from another terminal:\n  %s\n\n", strings.Join(probe, " "))
-	fmt.Fprintln(w, "ready")
-}
-
-// probeCommand is how the user runs this binary: "go run ." when it was
-// built by go run, else its path.
-func probeCommand() string {
-	exe, err := os.Executable()
-	if err != nil || strings.Contains(exe, string(filepath.Separator)+"go-build") {
-		return "go run ."
-	}
-	return exe
-}
-
-// shellQuote quotes s for a POSIX shell when it holds special characters.
-func shellQuote(s string) string {
-	if s != "" && strings.IndexFunc(s, func(r rune) bool {
-		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("@%+=:,./-_", r))
-	}) < 0 {
-		return s
-	}
-	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+	return service.RunDemo(c, log, stdout)
 }

@@ -1,13 +1,14 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"path/filepath"
 	"time"
 
-	"chatmail-edge/edge"
-	"chatmail-edge/internal/ini"
+	"chatmail-edge/config"
+	"chatmail-edge/ech"
 )
 
 func cmdECH(args []string, stdout, stderr io.Writer) error {
@@ -16,8 +17,8 @@ func cmdECH(args []string, stdout, stderr io.Writer) error {
 	}
 	sub, args := args[0], args[1:]
 	fs := newFlagSet("ech "+sub, stderr, "ech "+sub+" [flags]")
-	stateDir := fs.String("state", "", "state folder (default: state_dir of "+defaultConfigFile+", else /var/lib/chatmail-edge)")
-	configFile := fs.String("config", defaultConfigFile, "the edge's configuration file, for state_dir")
+	stateDir := fs.String("state", "", "state folder (default: state_dir of "+config.DefaultFile+", else /var/lib/chatmail-edge)")
+	configFile := fs.String("config", config.DefaultFile, "the edge's configuration file, for state_dir")
 	var format, domain, publicName *string
 	var port *int
 	var grace *time.Duration
@@ -29,7 +30,7 @@ func cmdECH(args []string, stdout, stderr io.Writer) error {
 	case "rotate":
 		publicName = fs.String("public-name", "", "public_name of the new key (default: that of the current key)")
 	case "retire":
-		grace = fs.Duration("grace", edge.DefaultECHRetireGrace, "drop keys superseded longer ago than this")
+		grace = fs.Duration("grace", ech.DefaultRetireGrace, "drop keys superseded longer ago than this")
 	default:
 		return fmt.Errorf("%w: unknown subcommand ech %s", errUsage, sub)
 	}
@@ -40,37 +41,31 @@ func cmdECH(args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("%w: unexpected argument %q", errUsage, fs.Arg(0))
 	}
 	if *stateDir == "" {
-		*stateDir = stateDirFromConfig(*configFile)
+		*stateDir = config.StateDirOf(*configFile)
 	}
-	dir := echDir(*stateDir)
+	dir := ech.Dir(*stateDir)
 	now := time.Now()
 
 	switch sub {
 	case "show":
-		set, err := edge.LoadECHKeys(dir)
+		set, err := ech.Load(dir)
 		if err != nil {
 			return err
 		}
-		cur := set.Current()
-		if cur == nil {
+		if set.Current() == nil {
 			return fmt.Errorf("no ECH keys in %s (the edge creates one when it starts)", dir)
 		}
-		return showECH(stdout, set, *format, *domain, *port, now)
-	case "rotate":
-		set, err := edge.LoadECHKeys(dir)
+		out, err := set.Format(*format, *domain, *port, now)
+		if errors.Is(err, ech.ErrUnknownFormat) {
+			return fmt.Errorf("%w: --format %w", errUsage, err)
+		}
 		if err != nil {
 			return err
 		}
-		cur := set.Current()
-		if cur == nil {
-			return fmt.Errorf("no ECH keys in %s to rotate (the edge creates the first when it starts)", dir)
-		}
-		parsed := cur.Parsed()
-		name := parsed.PublicName
-		if *publicName != "" {
-			name = *publicName
-		}
-		key, set, err := edge.RotateECHKey(dir, name, parsed.MaxNameLen, now)
+		_, err = stdout.Write(out)
+		return err
+	case "rotate":
+		key, set, err := ech.RotateLike(dir, *publicName, now)
 		if err != nil {
 			return err
 		}
@@ -78,7 +73,7 @@ func cmdECH(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stdout, "A running edge picks it up within a minute (or at once with `systemctl reload chatmail-edge`).\nNew ECHConfigList: %s\n", set.Base64())
 		return nil
 	default: // retire
-		removed, set, err := edge.RetireECHKeys(dir, *grace, now)
+		removed, set, err := ech.Retire(dir, *grace, now)
 		if err != nil {
 			return err
 		}
@@ -88,45 +83,4 @@ func cmdECH(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stdout, "%d keys removed, %d kept.\n", len(removed), len(set.Keys))
 		return nil
 	}
-}
-
-func showECH(w io.Writer, set *edge.ECHKeySet, format, domain string, port int, now time.Time) error {
-	switch format {
-	case "base64":
-		fmt.Fprintln(w, set.Base64())
-	case "pem":
-		b, err := set.PEM()
-		if err != nil {
-			return err
-		}
-		w.Write(b)
-	case "dns":
-		if domain == "" {
-			domain = set.Current().Parsed().PublicName
-		}
-		fmt.Fprintln(w, edge.HTTPSRecord(domain, port, []string{"h2", "http/1.1"}, 3600, set.ConfigList()))
-	case "json":
-		b, err := set.JSON(now)
-		if err != nil {
-			return err
-		}
-		w.Write(b)
-		fmt.Fprintln(w)
-	default:
-		return fmt.Errorf("%w: unknown format %q (want base64, pem, dns or json)", errUsage, format)
-	}
-	return nil
-}
-
-func echDir(stateDir string) string { return filepath.Join(stateDir, "ech") }
-
-// stateDirFromConfig reads just state_dir from the edge's configuration
-// file, so that `ech` commands work without chatmail.ini.
-func stateDirFromConfig(path string) string {
-	if f, err := ini.ReadFile(path); err == nil {
-		if v := f.Get("edge", "state_dir"); v != nil && v.Value != "" {
-			return v.Value
-		}
-	}
-	return "/var/lib/chatmail-edge"
 }

@@ -1,21 +1,14 @@
 package main
 
 import (
-	"context"
+	"errors"
 	"fmt"
 	"io"
-	"os"
-	"os/signal"
-	"syscall"
 
+	"chatmail-edge/config"
 	"chatmail-edge/metadata"
-
-	"go.uber.org/zap"
+	"chatmail-edge/service"
 )
-
-// metadataSocketMode lets Dovecot's mail processes (chatmail's vmail user
-// and group, as the proxy's unit runs) connect, and nobody else.
-const metadataSocketMode = 0o660
 
 // cmdMetadataProxy runs the IMAP METADATA proxy (docs/METADATA.md) until
 // SIGTERM or SIGINT.
@@ -39,37 +32,18 @@ func cmdMetadataProxy(args []string, _, stderr io.Writer) error {
 	if cfg.MaxConnections <= 0 || cfg.UpstreamTimeout <= 0 || cfg.IdleTimeout <= 0 || cfg.WriteTimeout <= 0 {
 		return fmt.Errorf("%w: limits and timeouts must be positive", errUsage)
 	}
-	log, err := newLogger(stderr, *logLevel)
+	log, err := service.NewLogger(stderr, *logLevel)
 	if err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
 	}
 	defer log.Sync()
 	log = log.Named("metadata")
 
-	p, err := metadata.New(cfg, log)
-	if err != nil {
-		return fmt.Errorf("%w: %v", errConfig, err)
-	}
-	ln, err := metadata.Listen(*socket, metadataSocketMode)
-	if err != nil {
+	if err := metadata.Run(cfg, *socket, log); err != nil {
+		if errors.Is(err, metadata.ErrConfig) {
+			return fmt.Errorf("%w: %v", config.ErrConfig, err)
+		}
 		return err
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	served := make(chan error, 1)
-	go func() { served <- p.Serve(ln) }()
-	log.Info("serving IMAP METADATA for Dovecot", zap.String("socket", *socket), zap.String("upstream", cfg.Upstream),
-		zap.String("ech_file", cfg.ECHFile), zap.String("entry", metadata.ECHEntry))
-	if err := newNotifier(os.Getenv).send("READY=1", status("answering %s, the rest to %s", metadata.ECHEntry, cfg.Upstream)); err != nil {
-		log.Warn("cannot tell systemd", zap.Error(err))
-	}
-	select {
-	case <-ctx.Done():
-		log.Info("stopping")
-		p.Close()
-		return <-served
-	case err := <-served:
-		p.Close()
-		return err
-	}
+	return nil
 }

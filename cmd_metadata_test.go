@@ -54,7 +54,7 @@ func TestMetadataProxyProcess(t *testing.T) {
 	if err != nil || !strings.Contains(string(buf[:n]), "READY=1") {
 		t.Fatalf("no READY=1 from the proxy: %q, %v\n%s", buf[:n], err, stderr.String())
 	}
-	if fi, err := os.Stat(socket); err != nil || fi.Mode().Perm() != metadataSocketMode {
+	if fi, err := os.Stat(socket); err != nil || fi.Mode().Perm() != metadata.SocketMode {
 		t.Fatalf("socket %v, %v", fi, err)
 	}
 

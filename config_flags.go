@@ -3,14 +3,14 @@ package main
 import (
 	"flag"
 	"fmt"
-	"net"
-	"strconv"
+
+	"chatmail-edge/config"
 )
 
 // parseConfigFlags adds --config and the ACME CA overrides to fs, parses
 // args (no arguments left over) and loads the settings.
-func parseConfigFlags(fs *flag.FlagSet, args []string) (*settings, error) {
-	configFile := fs.String("config", defaultConfigFile, "the edge's configuration file (see `chatmail-edge config describe`)")
+func parseConfigFlags(fs *flag.FlagSet, args []string) (*config.Settings, error) {
+	configFile := fs.String("config", config.DefaultFile, "the edge's configuration file (see `chatmail-edge config describe`)")
 	f := addACMEFlags(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return nil, err
@@ -18,7 +18,7 @@ func parseConfigFlags(fs *flag.FlagSet, args []string) (*settings, error) {
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("%w: unexpected argument %q", errUsage, fs.Arg(0))
 	}
-	s, err := loadSettings(*configFile, flagWasSet(fs, "config"))
+	s, err := config.Load(*configFile, flagWasSet(fs, "config"))
 	if err != nil {
 		return nil, err
 	}
@@ -29,14 +29,4 @@ func parseConfigFlags(fs *flag.FlagSet, args []string) (*settings, error) {
 		s.Certs.CARoot = *f.caRoot
 	}
 	return s, nil
-}
-
-// httpsPort is the public HTTPS port, for redirects, URLs and DNS records.
-func (s *settings) httpsPort() int {
-	if _, port, err := net.SplitHostPort(s.HTTPS); err == nil {
-		if n, err := strconv.Atoi(port); err == nil && n > 0 {
-			return n
-		}
-	}
-	return 443
 }

@@ -10,7 +10,9 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"runtime/debug"
+
+	"chatmail-edge/config"
+	"chatmail-edge/internal/version"
 )
 
 const usage = `chatmail-edge: the TLS and ECH front end of a chatmail relay.
@@ -70,7 +72,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		"uninstall":      cmdUninstall,
 		"metadata-proxy": cmdMetadataProxy,
 		"version": func([]string, io.Writer, io.Writer) error {
-			fmt.Fprintln(stdout, "chatmail-edge", version())
+			fmt.Fprintln(stdout, "chatmail-edge", version.String())
 			return nil
 		},
 	}
@@ -92,7 +94,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case errors.Is(err, errUsage):
 		fmt.Fprintf(stderr, "chatmail-edge %s: %v\n", args[0], err)
 		return 2
-	case errors.Is(err, errConfig):
+	case errors.Is(err, config.ErrConfig):
 		fmt.Fprintf(stderr, "chatmail-edge %s: %v\n", args[0], err)
 		return exitConfig
 	case errors.Is(err, errChecksFailed):
@@ -101,24 +103,6 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "chatmail-edge %s: %v\n", args[0], err)
 		return 1
 	}
-}
-
-// version is the module version when installed with go install, else the
-// VCS revision the binary was built from.
-func version() string {
-	bi, ok := debug.ReadBuildInfo()
-	if !ok {
-		return "unknown"
-	}
-	if v := bi.Main.Version; v != "" && v != "(devel)" {
-		return v
-	}
-	for _, s := range bi.Settings {
-		if s.Key == "vcs.revision" && len(s.Value) >= 12 {
-			return "devel-" + s.Value[:12]
-		}
-	}
-	return "devel"
 }
 
 // newFlagSet makes a flag set that reports errors to stderr and returns them.

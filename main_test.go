@@ -4,16 +4,10 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/tls"
-	"crypto/x509"
-	"encoding/base64"
-	"encoding/json"
 	"io"
-	"net/http"
 	"os"
 	"os/exec"
 	"slices"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -121,108 +115,4 @@ func shellUnquote(a string) string {
 		return strings.ReplaceAll(a[1:len(a)-1], `'\''`, "'")
 	}
 	return a
-}
-
-// TestShellQuoteRoundTrip covers the demo passwords the banner quotes,
-// apostrophes at either end included (the test above once lost those).
-func TestShellQuoteRoundTrip(t *testing.T) {
-	for _, pw := range []string{"plain9", "'start", "end'", "'", "a'b'c", `x"$\y`, "''"} {
-		if got := shellUnquote(shellQuote(pw)); got != pw {
-			t.Errorf("shellQuote(%q) = %s, unquoted %q", pw, shellQuote(pw), got)
-		}
-	}
-}
-
-// tlsClient trusts the demo CA and uses the demo's current ECH config.
-func (d *demo) tlsConfig(t *testing.T, alpn ...string) *tls.Config {
-	roots := x509.NewCertPool()
-	roots.AppendCertsFromPEM(d.ca.CertPEM)
-	return &tls.Config{
-		ServerName: d.cfg.Domain, RootCAs: roots, NextProtos: alpn,
-		EncryptedClientHelloConfigList: d.echKeys.Load().ConfigList(),
-	}
-}
-
-// url is an HTTPS URL of the demo on loopback (SNI comes from tlsConfig).
-func (d *demo) url(path string) string {
-	return "https://127.0.0.1:" + strconv.Itoa(d.port("https")) + path
-}
-
-func startTestDemo(t *testing.T, state string) *demo {
-	t.Helper()
-	return startTestDemoWeb(t, state, demoWeb{})
-}
-
-// startTestDemoWeb starts a demo on loopback, every port picked by the
-// system, with the web side pointed at the test's own upstreams and files.
-func startTestDemoWeb(t *testing.T, state string, w demoWeb) *demo {
-	t.Helper()
-	log, err := newLogger(io.Discard, "info")
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := startDemo(demoConfig{StateDir: state, Domain: "chatmail.localhost", Host: "127.0.0.1", web: w}, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(d.shutdown)
-	return d
-}
-
-// newAccount does what Delta Chat does with a DCACCOUNT code: POST /new.
-func newAccount(t *testing.T, d *demo) (email, password string) {
-	t.Helper()
-	client := &http.Client{Transport: &http.Transport{TLSClientConfig: d.tlsConfig(t)}}
-	resp, err := client.Post(d.url("/new"), "", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	if !resp.TLS.ECHAccepted {
-		t.Fatal("POST /new without ECH")
-	}
-	var acct struct{ Email, Password string }
-	if err := json.NewDecoder(resp.Body).Decode(&acct); err != nil || acct.Email == "" || acct.Password == "" {
-		t.Fatalf("POST /new: %s %v %+v", resp.Status, err, acct)
-	}
-	return acct.Email, acct.Password
-}
-
-func TestOriginSVCBMatchesECHShow(t *testing.T) {
-	state := t.TempDir()
-	d := startTestDemo(t, state)
-	client := &http.Client{Transport: &http.Transport{TLSClientConfig: d.tlsConfig(t)}}
-	resp, err := client.Get(d.url("/.well-known/origin-svcb"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var doc struct {
-		Endpoints []struct {
-			Params struct{ ECH string } `json:"params"`
-		} `json:"endpoints"`
-	}
-	json.NewDecoder(resp.Body).Decode(&doc)
-	var show bytes.Buffer
-	if code := run([]string{"ech", "show", "--state", state}, &show, io.Discard); code != 0 {
-		t.Fatalf("ech show exit %d", code)
-	}
-	if len(doc.Endpoints) != 1 || doc.Endpoints[0].Params.ECH != strings.TrimSpace(show.String()) {
-		t.Fatalf("origin-svcb %+v, ech show %q", doc, show.String())
-	}
-	if _, err := base64.StdEncoding.DecodeString(doc.Endpoints[0].Params.ECH); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// TestConfigDocIsCurrent keeps docs/CONFIG.md equal to `config describe`.
-// Run `go run . config describe > docs/CONFIG.md.part` and paste it after a change.
-func TestConfigDocIsCurrent(t *testing.T) {
-	doc, err := os.ReadFile("docs/CONFIG.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !strings.Contains(string(doc), "```ini\n"+describeConfig()+"```\n") {
-		t.Fatal("docs/CONFIG.md is out of date: paste the output of `go run . config describe` into its ini block")
-	}
 }

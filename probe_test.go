@@ -5,26 +5,28 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"io"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
-	"chatmail-edge/edge"
+	"chatmail-edge/ech"
+	"chatmail-edge/service"
 )
 
-func (d *demo) probeArgs() []string {
-	return []string{"probe", "--ca", d.ca.CertFile, "--connect", "127.0.0.1",
-		"--https-port", strconv.Itoa(d.port("https")), "--imaps-port", strconv.Itoa(d.port("imaps")),
-		"--smtps-port", strconv.Itoa(d.port("smtps"))}
-}
-
 func TestProbeReportsFailures(t *testing.T) {
-	d := startTestDemo(t, t.TempDir())
+	log, err := service.NewLogger(io.Discard, "info")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := service.StartDemo(service.DemoConfig{StateDir: t.TempDir(), Domain: "chatmail.localhost", Host: "127.0.0.1"}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(d.Shutdown)
 
 	// JSON output for scripts, without ECH.
 	var out bytes.Buffer
-	code := run(append(d.probeArgs(), "--ech", "off", "--json", "chatmail.localhost"), &out, io.Discard)
+	code := run(append(d.ProbeArgs(), "--ech", "off", "--json", "chatmail.localhost"), &out, io.Discard)
 	var report struct {
 		OK     bool
 		Checks []struct {
@@ -43,20 +45,20 @@ func TestProbeReportsFailures(t *testing.T) {
 	}
 
 	// A stale config: every ECH check fails and says why; exit status 1.
-	other, err := edge.GenerateECHKey("chatmail.localhost", 32, 99, time.Now(), nil)
+	other, err := ech.GenerateKey("chatmail.localhost", 32, 99, time.Now(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	stale := base64.StdEncoding.EncodeToString(edge.NewECHKeySet(other).ConfigList())
+	stale := base64.StdEncoding.EncodeToString(ech.NewKeySet(other).ConfigList())
 	out.Reset()
-	code = run(append(d.probeArgs(), "--ech", stale, "chatmail.localhost"), &out, io.Discard)
+	code = run(append(d.ProbeArgs(), "--ech", stale, "chatmail.localhost"), &out, io.Discard)
 	if code != 1 || strings.Count(out.String(), "ECH rejected by the server") != 5 || !strings.Contains(out.String(), "5 of 5 checks FAILED") {
 		t.Fatalf("probe with a stale config: exit %d\n%s", code, out.String())
 	}
 
 	// Wrong credentials fail the IMAP and SMTP checks.
 	out.Reset()
-	code = run(append(d.probeArgs(), "--user", "nobody@chatmail.localhost", "--password", "wrong", "chatmail.localhost"), &out, io.Discard)
+	code = run(append(d.ProbeArgs(), "--user", "nobody@chatmail.localhost", "--password", "wrong", "chatmail.localhost"), &out, io.Discard)
 	if code != 1 || !strings.Contains(out.String(), "4 of 6 checks FAILED") {
 		t.Fatalf("probe with bad credentials: exit %d\n%s", code, out.String())
 	}

@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"chatmail-edge/edge"
+	"chatmail-edge/ech"
 	"chatmail-edge/internal/testcert"
 	"chatmail-edge/mail"
 )
@@ -82,13 +82,13 @@ func startTLSBackend(t *testing.T) *target {
 	return &target{Addr: ln.Addr().String(), ServerName: "bench.example", ALPN: []string{"imap"}, Roots: pool, ECH: keys.ConfigList()}
 }
 
-func echKeySet(t *testing.T) *edge.ECHKeySet {
+func echKeySet(t *testing.T) *ech.KeySet {
 	t.Helper()
-	k, err := edge.GenerateECHKey("bench.example", 32, 1, time.Now(), nil)
+	k, err := ech.GenerateKey("bench.example", 32, 1, time.Now(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return edge.NewECHKeySet(k)
+	return ech.NewKeySet(k)
 }
 
 // The modes against an in-process server, at tiny sizes; only counts are

@@ -184,14 +184,14 @@ func terminationStream(certFile, keyFile, ticketKey string, p labPorts) string {
 type edgeFile struct {
 	ChatmailINI, StateDir, CertFile, KeyFile string
 	Port, Backend                            int
-	MaxConnections                           int      // 0: 60000, more than a figure holds
+	MaxConnections                           int      // 0: the edge's default, lowered by the edge to fit the open-file limit
 	Extra                                    []string // more lines of [edge] (the attack lab's)
 }
 
 func edgeConf(e edgeFile) string {
-	maxConns := e.MaxConnections
-	if maxConns == 0 {
-		maxConns = 60000
+	var maxConns []string
+	if e.MaxConnections > 0 {
+		maxConns = []string{fmt.Sprintf("max_connections = %d", e.MaxConnections)}
 	}
 	return strings.Join(slices.Concat([]string{
 		"[edge]",
@@ -199,7 +199,7 @@ func edgeConf(e edgeFile) string {
 		"state_dir = " + e.StateDir,
 		fmt.Sprintf("https = 127.0.0.1:%d", e.Port),
 		"http =",
-		fmt.Sprintf("max_connections = %d", maxConns),
+	}, maxConns, []string{
 		"log_level = warn",
 	}, e.Extra, []string{
 		"",

@@ -10,24 +10,26 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"chatmail-edge/ech"
 )
 
 // testKeySet makes an ECH key set with public_name chat.example.
-func testKeySet(t testing.TB, configIDs ...uint8) *ECHKeySet {
+func testKeySet(t testing.TB, configIDs ...uint8) *ech.KeySet {
 	t.Helper()
-	var keys []*ECHKey
+	var keys []*ech.Key
 	now := time.Now()
 	for i, id := range configIDs {
-		k, err := GenerateECHKey("chat.example", MaxNameLength("chat.example", "www.chat.example"), id, now.Add(time.Duration(i)*time.Minute), rand.Reader)
+		k, err := ech.GenerateKey("chat.example", ech.MaxNameLength("chat.example", "www.chat.example"), id, now.Add(time.Duration(i)*time.Minute), rand.Reader)
 		if err != nil {
 			t.Fatal(err)
 		}
 		keys = append(keys, k)
 	}
-	return NewECHKeySet(keys...)
+	return ech.NewKeySet(keys...)
 }
 
-func (te *testEdge) useKeys(set *ECHKeySet) {
+func (te *testEdge) useKeys(set *ech.KeySet) {
 	te.SetECHKeys(set.TLSKeys(), set.Current().ConfigID())
 }
 
@@ -131,7 +133,7 @@ func TestRotatedKeysStayUsable(t *testing.T) {
 	if set.Current().ConfigID() != 11 {
 		t.Fatalf("current key %d, want 11", set.Current().ConfigID())
 	}
-	older := NewECHKeySet(set.Keys[1]).ConfigList()
+	older := ech.NewKeySet(set.Keys[1]).ConfigList()
 	conn, err := te.dial(t, "imaps", nil, older)
 	if err != nil {
 		t.Fatal(err)

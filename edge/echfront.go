@@ -7,6 +7,8 @@ import (
 	"errors"
 	"slices"
 
+	"chatmail-edge/ech"
+
 	"golang.org/x/crypto/cryptobyte"
 )
 
@@ -39,9 +41,9 @@ const (
 // echFrontKey is one ECH key, parsed once.
 type echFrontKey struct {
 	configID uint8
-	suites   []ECHCipherSuite
+	suites   []ech.CipherSuite
 	priv     hpke.PrivateKey
-	info     []byte // "tls ech" 0x00 ECHConfig, the HPKE info (RFC 9849 §6.1)
+	info     []byte // "tls ech" 0x00 ech.Config, the HPKE info (RFC 9849 §6.1)
 	tlsKey   tls.EncryptedClientHelloKey
 }
 
@@ -53,7 +55,7 @@ type echFrontKeys struct{ keys []echFrontKey }
 func newECHFrontKeys(keys []tls.EncryptedClientHelloKey) *echFrontKeys {
 	fk := &echFrontKeys{}
 	for _, k := range keys {
-		cfg, err := ParseECHConfig(k.Config)
+		cfg, err := ech.ParseConfig(k.Config)
 		if err != nil {
 			continue
 		}
@@ -71,7 +73,7 @@ func newECHFrontKeys(keys []tls.EncryptedClientHelloKey) *echFrontKeys {
 	return fk
 }
 
-func (fk *echFrontKeys) find(configID uint8, suite ECHCipherSuite) *echFrontKey {
+func (fk *echFrontKeys) find(configID uint8, suite ech.CipherSuite) *echFrontKey {
 	for i := range fk.keys {
 		if k := &fk.keys[i]; k.configID == configID && slices.Contains(k.suites, suite) {
 			return k
@@ -82,7 +84,7 @@ func (fk *echFrontKeys) find(configID uint8, suite ECHCipherSuite) *echFrontKey 
 
 // matching are the keys that can open a hello made with configID and
 // suite, for crypto/tls; usually none or one.
-func (fk *echFrontKeys) matching(configID uint8, suite ECHCipherSuite) []tls.EncryptedClientHelloKey {
+func (fk *echFrontKeys) matching(configID uint8, suite ech.CipherSuite) []tls.EncryptedClientHelloKey {
 	var out []tls.EncryptedClientHelloKey
 	for i := range fk.keys {
 		if k := &fk.keys[i]; k.configID == configID && slices.Contains(k.suites, suite) {
@@ -103,7 +105,7 @@ type echFront struct {
 	in       []byte          // read from the socket, not yet looked at
 	out      []byte          // for crypto/tls
 	ctx      *hpke.Recipient // of an accepted first ClientHello, for the second (RFC 9849 §6.1.5)
-	suite    ECHCipherSuite
+	suite    ech.CipherSuite
 	configID uint8
 	hellos   int
 	passing  bool // done looking: what is left goes through as it is
@@ -113,7 +115,7 @@ type echFront struct {
 	// opened or not (outerSeen: it had a well-formed outer extension).
 	outerSeen     bool
 	outerConfigID uint8
-	outerSuite    ECHCipherSuite
+	outerSuite    ech.CipherSuite
 }
 
 // newECHFront starts with the bytes the client sent first (its whole
@@ -200,13 +202,13 @@ func (f *echFront) openHello(msg []byte, vers [2]byte) ([]byte, bool) {
 	if !ok || hello.ech == nil {
 		return nil, false
 	}
-	ech := cryptobyte.String(hello.ech)
+	ext := cryptobyte.String(hello.ech)
 	var typ, configID uint8
-	var suite ECHCipherSuite
+	var suite ech.CipherSuite
 	var enc, payload cryptobyte.String
-	if !ech.ReadUint8(&typ) || typ != echClientHelloOuter ||
-		!ech.ReadUint16(&suite.KDF) || !ech.ReadUint16(&suite.AEAD) || !ech.ReadUint8(&configID) ||
-		!ech.ReadUint16LengthPrefixed(&enc) || !ech.ReadUint16LengthPrefixed(&payload) || !ech.Empty() || len(payload) == 0 {
+	if !ext.ReadUint8(&typ) || typ != echClientHelloOuter ||
+		!ext.ReadUint16(&suite.KDF) || !ext.ReadUint16(&suite.AEAD) || !ext.ReadUint8(&configID) ||
+		!ext.ReadUint16LengthPrefixed(&enc) || !ext.ReadUint16LengthPrefixed(&payload) || !ext.Empty() || len(payload) == 0 {
 		return nil, false
 	}
 	if f.hellos == 1 {

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"chatmail-edge/ech"
+
 	"golang.org/x/crypto/cryptobyte"
 )
 
@@ -29,7 +31,7 @@ func (c *frontConn) Read(p []byte) (int, error) {
 }
 
 // frontServerConfig is a server config as the edge's, with set's keys.
-func frontServerConfig(set *ECHKeySet) *tls.Config {
+func frontServerConfig(set *ech.KeySet) *tls.Config {
 	keys := set.TLSKeys()
 	return &tls.Config{
 		Certificates:             []tls.Certificate{*testLeaf},
@@ -49,7 +51,7 @@ type frontResult struct {
 // handshakeThroughFront runs one handshake of client against server with
 // an echFront (keys from set) in front of the server, and an echo of one
 // line after it.
-func handshakeThroughFront(t *testing.T, server, client *tls.Config, set *ECHKeySet) frontResult {
+func handshakeThroughFront(t *testing.T, server, client *tls.Config, set *ech.KeySet) frontResult {
 	t.Helper()
 	cc, sc := tcpPair(t) // not net.Pipe: after a HelloRetryRequest both sides write at once
 	front := newECHFront(newECHFrontKeys(set.TLSKeys()), nil)

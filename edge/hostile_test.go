@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"chatmail-edge/ech"
+
 	"golang.org/x/crypto/cryptobyte"
 )
 
@@ -268,7 +270,7 @@ func TestUnknownECHSuiteGoesOnWithoutECH(t *testing.T) {
 	set := testKeySet(t, 9)
 	te, _, _ := startEdgeWithBackends(t, nil)
 	te.useKeys(set)
-	for _, suite := range []ECHCipherSuite{{KDF: 0x7777, AEAD: 0x0001}, {KDF: 0x0001, AEAD: 0x7777}} {
+	for _, suite := range []ech.CipherSuite{{KDF: 0x7777, AEAD: 0x0001}, {KDF: 0x0001, AEAD: 0x7777}} {
 		c := sendRawHello(t, te.addr("https"), echHelloWithSuite(suite.KDF, suite.AEAD, set.Current().ConfigID()))
 		c.SetReadDeadline(time.Now().Add(5 * time.Second))
 		var hdr [recordHeaderLen + 1]byte
@@ -289,8 +291,8 @@ func TestStaleSuiteGetsRetryConfigs(t *testing.T) {
 	te, _, _ := startEdgeWithBackends(t, nil)
 	te.useKeys(set)
 	cfg := set.Current().Parsed()
-	cfg.Suites = []ECHCipherSuite{{KDF: 0x0002, AEAD: 0x0002}} // HKDF-SHA384, AES-256-GCM: Go has them, the key does not list them
-	_, err := te.dialTLSFrom(t, "imaps", "", MarshalECHConfigList(cfg.Marshal()))
+	cfg.Suites = []ech.CipherSuite{{KDF: 0x0002, AEAD: 0x0002}} // HKDF-SHA384, AES-256-GCM: Go has them, the key does not list them
+	_, err := te.dialTLSFrom(t, "imaps", "", ech.MarshalConfigList(cfg.Marshal()))
 	rej, ok := errors.AsType[*tls.ECHRejectionError](err)
 	if !ok {
 		t.Fatalf("got %v, want an ECH rejection", err)

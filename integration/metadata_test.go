@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"chatmail-edge/edge"
+	"chatmail-edge/ech"
 	"chatmail-edge/internal/metadatatest"
 	"chatmail-edge/mail"
 	"chatmail-edge/metadata"
@@ -99,7 +99,7 @@ func startMetadataRelay(t *testing.T) *metadataRelay {
 // useKeys serves set on the edge and publishes it, as the edge's instance
 // does (instance.setECHKeys: SetECHKeys, then publishECHConfig, which
 // calls metadata.PublishECHConfigList).
-func (r *metadataRelay) useKeys(t *testing.T, set *edge.ECHKeySet) {
+func (r *metadataRelay) useKeys(t *testing.T, set *ech.KeySet) {
 	t.Helper()
 	r.edge.SetECHKeys(set.TLSKeys(), set.Current().ConfigID())
 	if _, err := metadata.PublishECHConfigList(r.echFile, set.ConfigList()); err != nil {
@@ -111,7 +111,7 @@ func (r *metadataRelay) useKeys(t *testing.T, set *edge.ECHKeySet) {
 // state folder (cmd_ech.go: LoadECHKeys, then Base64).
 func (r *metadataRelay) echShow(t *testing.T) string {
 	t.Helper()
-	set, err := edge.LoadECHKeys(r.echDir)
+	set, err := ech.Load(r.echDir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,7 +145,7 @@ func TestMetadataThroughDovecot(t *testing.T) {
 	r := startMetadataRelay(t)
 	dumpOnFailure(t, r.dovecot.log)
 	now := time.Now()
-	set, _, err := edge.EnsureECHKeys(r.echDir, domain, edge.MaxNameLength(domain), now)
+	set, _, err := ech.Ensure(r.echDir, domain, ech.MaxNameLength(domain), now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -189,7 +189,7 @@ func TestMetadataThroughDovecot(t *testing.T) {
 	// `ech rotate`: the rotation code, then what the edge does when its
 	// key watcher sees the new key. A client with the old config list
 	// still connects (the old key decrypts) and reads the new one.
-	_, rotated, err := edge.RotateECHKey(r.echDir, domain, edge.MaxNameLength(domain), now.Add(time.Hour))
+	_, rotated, err := ech.Rotate(r.echDir, domain, ech.MaxNameLength(domain), now.Add(time.Hour))
 	if err != nil {
 		t.Fatal(err)
 	}

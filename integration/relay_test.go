@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"chatmail-edge/acme"
+	"chatmail-edge/ech"
 	"chatmail-edge/edge"
 	"chatmail-edge/internal/testcert"
 	"chatmail-edge/mail"
@@ -109,11 +110,11 @@ func (r *relay) startEdge(t *testing.T, cert *tls.Certificate) {
 		return b
 	}
 	e.SetBackends(edge.Backends{IMAP: backend(mail.IMAP, r.dovecot.Backend), SMTP: backend(mail.SMTP, r.postfix.Backend)})
-	key, err := edge.GenerateECHKey(domain, edge.MaxNameLength(domain), 1, time.Now(), rand.Reader)
+	key, err := ech.GenerateKey(domain, ech.MaxNameLength(domain), 1, time.Now(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
-	keys := edge.NewECHKeySet(key)
+	keys := ech.NewKeySet(key)
 	e.SetECHKeys(keys.TLSKeys(), key.ConfigID())
 	r.echList = keys.ConfigList()
 	if err := e.Start(); err != nil {

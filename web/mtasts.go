@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+
+	"chatmail-edge/config"
 )
 
 // MTASTSConfig is the relay's inbound MTA-STS policy (RFC 8461 §3.2). The
@@ -30,22 +32,13 @@ func (c *MTASTSConfig) setDefaults() {
 }
 
 func (c MTASTSConfig) validate() error {
-	if err := ValidMTASTSMode(c.Mode); err != nil {
+	if err := config.ValidMTASTSMode(c.Mode); err != nil {
 		return err
 	}
 	if c.MaxAge < 0 || c.MaxAge > maxMTASTSMaxAge {
 		return fmt.Errorf("MTA-STS max_age %d: want 0 to %d seconds (RFC 8461 §3.2)", c.MaxAge, maxMTASTSMaxAge)
 	}
 	return nil
-}
-
-// ValidMTASTSMode accepts the policy modes of RFC 8461 §5.
-func ValidMTASTSMode(mode string) error {
-	switch mode {
-	case "enforce", "testing", "none":
-		return nil
-	}
-	return fmt.Errorf("MTA-STS mode %q: want enforce, testing or none", mode)
 }
 
 // MTASTSPolicy is the policy text, byte for byte what chatmail's

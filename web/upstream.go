@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"chatmail-edge/config"
+
 	"go.uber.org/zap"
 )
 
@@ -35,7 +37,7 @@ type upstream struct {
 // /relay (with HTTP/1.1 Upgrade passthrough for WebSocket and "iroh derp
 // http", RFC 9110 §7.8), /ping and /generate_204.
 func newUpstream(name, rawURL string, cfg Config, log *zap.Logger) (*upstream, error) {
-	target, err := ParseUpstream(rawURL)
+	target, err := config.ParseUpstream(rawURL)
 	if err != nil {
 		return nil, fmt.Errorf("%s upstream: %w", name, err)
 	}
@@ -63,20 +65,6 @@ func newUpstream(name, rawURL string, cfg Config, log *zap.Logger) (*upstream, e
 		ErrorLog:      zap.NewStdLog(u.log),
 		ErrorHandler:  u.fail,
 	}
-	return u, nil
-}
-
-// ParseUpstream checks an upstream URL: plain http to a host and port, no
-// path, since the request's path is passed on as it is.
-func ParseUpstream(rawURL string) (*url.URL, error) {
-	u, err := url.Parse(rawURL)
-	if err != nil {
-		return nil, err
-	}
-	if u.Scheme != "http" || u.Host == "" || u.Port() == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.User != nil {
-		return nil, fmt.Errorf("want http://host:port, got %q", rawURL)
-	}
-	u.Path = ""
 	return u, nil
 }
 

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"chatmail-edge/config"
 )
 
 func TestUpstreams(t *testing.T) {
@@ -66,12 +68,12 @@ func TestUpstreams(t *testing.T) {
 
 func TestParseUpstream(t *testing.T) {
 	for _, ok := range []string{"http://127.0.0.1:10082", "http://[::1]:3340/", "http://localhost:3340"} {
-		if _, err := ParseUpstream(ok); err != nil {
+		if _, err := config.ParseUpstream(ok); err != nil {
 			t.Errorf("%s: %v", ok, err)
 		}
 	}
 	for _, bad := range []string{"https://127.0.0.1:3340", "127.0.0.1:3340", "http://127.0.0.1", "http://127.0.0.1:1/x", "http://u:p@127.0.0.1:1", "http://127.0.0.1:1?q"} {
-		if _, err := ParseUpstream(bad); err == nil {
+		if _, err := config.ParseUpstream(bad); err == nil {
 			t.Errorf("%s accepted", bad)
 		}
 	}

@@ -1,0 +1,308 @@
+package install
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"os"
+	"os/exec"
+	"strings"
+	"time"
+
+	"chatmail-edge/internal/atomicfile"
+	"chatmail-edge/mail"
+)
+
+// Full mode: Dovecot and Postfix leave 993 and 465 to the edge and take
+// its connections on loopback with PROXY v2 (docs/PROXY.md).
+const (
+	dovecotConf    = "/etc/dovecot/dovecot.conf"
+	dovecotDropIn  = "/etc/dovecot/conf.d/90-chatmail-edge.conf"
+	dovecotInclude = "!include_try conf.d/90-chatmail-edge.conf"
+	postfixDir     = "/etc/postfix"
+	smtpsService   = "smtps/inet"
+	edgeService    = mail.PostfixProxyServiceName + "/inet"
+	// proxyListenTimeout bounds the wait for the daemons' new loopback
+	// listeners after their reload.
+	proxyListenTimeout = 30 * time.Second
+)
+
+// postconf runs postconf(1) on the root's Postfix configuration.
+func (in *installer) postconf(args ...string) (string, error) {
+	return runTool(commandTimeout, "postconf", append([]string{"-c", in.path(postfixDir)}, args...)...)
+}
+
+// edgeServiceLine is mail.PostfixProxyService as one `postconf -M` value:
+// the master.cf fields and the -o options, without the comments.
+func edgeServiceLine() string {
+	var fields []string
+	for line := range strings.Lines(mail.PostfixProxyService) {
+		if !strings.HasPrefix(line, "#") {
+			fields = append(fields, strings.Fields(line)...)
+		}
+	}
+	return strings.Join(fields, " ")
+}
+
+func sameFields(a, b string) bool {
+	return strings.Join(strings.Fields(a), " ") == strings.Join(strings.Fields(b), " ")
+}
+
+// snapshot is the content of files before full mode changed them (nil for
+// a file that did not exist).
+type snapshot map[string][]byte
+
+func (in *installer) takeSnapshot(paths ...string) (snapshot, error) {
+	s := snapshot{}
+	for _, p := range paths {
+		data, err := os.ReadFile(in.path(p))
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, err
+		}
+		s[p] = data
+	}
+	return s, nil
+}
+
+func (in *installer) restore(s snapshot) error {
+	var errs []error
+	for p, data := range s {
+		if data == nil {
+			if err := os.Remove(in.path(p)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				errs = append(errs, err)
+			}
+			continue
+		}
+		errs = append(errs, atomicfile.Write(in.path(p), data, 0o644))
+	}
+	return errors.Join(errs...)
+}
+
+// applyFull writes the drop-ins, checks them with doveconf and postconf,
+// reloads the daemons and waits for their loopback listeners. If anything
+// fails, the files are put back as they were (and the daemons reloaded).
+func (in *installer) applyFull(rec *installRecord) error {
+	for _, p := range []string{dovecotConf, postfixDir + "/master.cf"} {
+		if _, err := os.Stat(in.path(p)); err != nil {
+			return fmt.Errorf("full mode changes Dovecot and Postfix: %w", err)
+		}
+	}
+	before, err := in.takeSnapshot(dovecotConf, dovecotDropIn, postfixDir+"/master.cf")
+	if err != nil {
+		return err
+	}
+	savedRec := *rec
+	changed, err := in.writeFullMode(rec)
+	if err == nil && !in.dryRun {
+		err = in.checkMailConfig()
+		if err == nil && changed && in.live {
+			err = in.reloadMail()
+		}
+	}
+	if err != nil && changed && !in.dryRun {
+		fmt.Fprintf(in.out, "  undo   Dovecot's and Postfix's files are put back as they were\n")
+		*rec = savedRec
+		rerr := errors.Join(in.restore(before), in.saveRecord(rec))
+		if in.live {
+			rerr = errors.Join(rerr, in.reloadMailOnly())
+		}
+		return errors.Join(fmt.Errorf("full mode was taken back: %w", err), rerr)
+	}
+	return err
+}
+
+// writeFullMode makes the changes and tells whether there were any.
+func (in *installer) writeFullMode(rec *installRecord) (bool, error) {
+	changed, err := in.writeFile(dovecotDropIn, []byte(mail.DovecotProxyDropIn), 0o644)
+	if err != nil {
+		return changed, err
+	}
+	conf, err := os.ReadFile(in.path(dovecotConf))
+	if err != nil {
+		return changed, err
+	}
+	// chatmail's dovecot.conf includes nothing by itself.
+	hasInclude := hasLine(conf, dovecotInclude)
+	changed = changed || !hasInclude
+	err = in.step("include the drop-in at the end of "+dovecotConf, !hasInclude, func() error {
+		rec.DovecotInclude = true
+		if err := in.saveRecord(rec); err != nil {
+			return err
+		}
+		if len(conf) > 0 && !strings.HasSuffix(string(conf), "\n") {
+			conf = append(conf, '\n')
+		}
+		return atomicfile.Write(in.path(dovecotConf), append(conf, dovecotInclude+"\n"...), fileMode(in.path(dovecotConf)))
+	})
+	if err != nil {
+		return changed, err
+	}
+
+	smtps, err := in.postconf("-M", smtpsService)
+	if err != nil {
+		return changed, err
+	}
+	smtps = strings.TrimSpace(smtps)
+	changed = changed || smtps != ""
+	err = in.step("turn off Postfix's smtps service (postconf -M# "+smtpsService+")", smtps != "", func() error {
+		rec.SMTPSEntry = smtps
+		if err := in.saveRecord(rec); err != nil {
+			return err
+		}
+		_, err := in.postconf("-M#", smtpsService)
+		return err
+	})
+	if err != nil {
+		return changed, err
+	}
+	current, err := in.postconf("-M", edgeService)
+	if err != nil {
+		return changed, err
+	}
+	needed := !sameFields(current, edgeServiceLine())
+	changed = changed || needed
+	return changed, in.step("add Postfix's PROXY v2 service "+edgeService+" (postconf -M)", needed, func() error {
+		_, err := in.postconf("-M", edgeService+"="+edgeServiceLine())
+		return err
+	})
+}
+
+// revertFull takes full mode's changes back (uninstall).
+func (in *installer) revertFull(rec *installRecord) error {
+	changed, err := in.removeFile(dovecotDropIn)
+	if err != nil {
+		return err
+	}
+	conf, err := os.ReadFile(in.path(dovecotConf))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	hasInclude := rec.DovecotInclude && hasLine(conf, dovecotInclude)
+	changed = changed || hasInclude
+	err = in.step("remove the drop-in's include line from "+dovecotConf, hasInclude, func() error {
+		var kept strings.Builder
+		for line := range strings.Lines(string(conf)) {
+			if strings.TrimSpace(line) != dovecotInclude {
+				kept.WriteString(line)
+			}
+		}
+		return atomicfile.Write(in.path(dovecotConf), []byte(kept.String()), fileMode(in.path(dovecotConf)))
+	})
+	if err != nil {
+		return err
+	}
+	if _, err := os.Stat(in.path(postfixDir + "/main.cf")); err == nil {
+		current, err := in.postconf("-M", edgeService)
+		if err != nil {
+			return err
+		}
+		hasEdge := strings.TrimSpace(current) != ""
+		changed = changed || hasEdge
+		err = in.step("remove Postfix's PROXY v2 service "+edgeService+" (postconf -MX)", hasEdge, func() error {
+			_, err := in.postconf("-MX", edgeService)
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		smtps, err := in.postconf("-M", smtpsService)
+		if err != nil {
+			return err
+		}
+		missing := rec.SMTPSEntry != "" && strings.TrimSpace(smtps) == ""
+		changed = changed || missing
+		err = in.step("restore Postfix's smtps service (postconf -M)", missing, func() error {
+			_, err := in.postconf("-M", smtpsService+"="+rec.SMTPSEntry)
+			return err
+		})
+		if err != nil {
+			return err
+		}
+	}
+	if changed && in.live && !in.dryRun {
+		return in.reloadMailOnly()
+	}
+	return nil
+}
+
+// checkMailConfig has Dovecot and Postfix parse their configuration with
+// the drop-ins, and checks that the new listeners are in it.
+func (in *installer) checkMailConfig() error {
+	out, err := runTool(commandTimeout, "doveconf", "-c", in.path(dovecotConf), "-n")
+	if err != nil {
+		return err
+	}
+	if !strings.Contains(out, "inet_listener imap_edge") {
+		return fmt.Errorf("doveconf -n does not show the imap_edge listener of %s", dovecotDropIn)
+	}
+	// postconf warns (on stderr, with exit status 0) about a $parameter
+	// that main.cf does not define: the PROXY service's restrictions
+	// would silently be empty.
+	pc := exec.Command("postconf", "-c", in.path(postfixDir), "-n")
+	pcOut, err := pc.CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("postconf -n: %w: %s", err, bytes.TrimSpace(pcOut))
+	}
+	for line := range strings.Lines(string(pcOut)) {
+		if strings.Contains(line, "warning:") && strings.Contains(line, "undefined parameter") {
+			return fmt.Errorf("postconf -n: %s (full mode needs chatmail's main.cf)", strings.TrimSpace(line))
+		}
+	}
+	out, err = in.postconf("-M", edgeService)
+	if err != nil {
+		return err
+	}
+	if !sameFields(out, edgeServiceLine()) {
+		return fmt.Errorf("postconf -M %s shows %q", edgeService, strings.TrimSpace(out))
+	}
+	fmt.Fprintf(in.out, "  ok     doveconf -n and postconf -n accept the drop-ins\n")
+	return nil
+}
+
+// reloadMail reloads Dovecot and Postfix and waits until their loopback
+// PROXY listeners accept.
+func (in *installer) reloadMail() error {
+	if err := in.reloadMailOnly(); err != nil {
+		return err
+	}
+	deadline := time.Now().Add(proxyListenTimeout)
+	for _, addr := range []string{mail.ProxyIMAPAddress, mail.ProxySMTPAddress} {
+		for {
+			c, err := net.DialTimeout("tcp", addr, time.Second)
+			if err == nil {
+				c.Close()
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("nothing listens on %s %s after the reload: %w", addr, proxyListenTimeout, err)
+			}
+			time.Sleep(200 * time.Millisecond) // the daemons give no signal when a listener is up
+		}
+	}
+	fmt.Fprintf(in.out, "  ok     Dovecot and Postfix listen on %s and %s\n", mail.ProxyIMAPAddress, mail.ProxySMTPAddress)
+	return nil
+}
+
+func (in *installer) reloadMailOnly() error {
+	_, err := runTool(commandTimeout, "systemctl", "reload", "dovecot.service", "postfix.service")
+	return err
+}
+
+func hasLine(data []byte, line string) bool {
+	for l := range strings.Lines(string(data)) {
+		if strings.TrimSpace(l) == line {
+			return true
+		}
+	}
+	return false
+}
+
+// fileMode is a file's permissions, 0644 when it cannot be read.
+func fileMode(path string) fs.FileMode {
+	if st, err := os.Stat(path); err == nil {
+		return st.Mode().Perm()
+	}
+	return 0o644
+}

@@ -1,0 +1,171 @@
+//go:build integration
+
+package install
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"chatmail-edge/config"
+	"chatmail-edge/mail"
+)
+
+// chatmailSMTPS is chatmail's smtps entry of master.cf (master.cf.j2).
+const chatmailSMTPS = `smtps     inet  n       -       y       -       5000    smtpd
+  -o syslog_name=postfix/smtps
+  -o smtpd_tls_wrappermode=yes
+  -o smtpd_tls_security_level=encrypt
+  -o smtpd_tls_mandatory_protocols=>=TLSv1.3
+` + mail.ChatmailSubmissionOptions + `  -o smtpd_proxy_filter=127.0.0.1:10080
+`
+
+// mainCFMUA are the restrictions of chatmail's main.cf that its smtps
+// entry, and so the edge's PROXY service, refers to.
+const mainCFMUA = `mua_client_restrictions = permit_sasl_authenticated, reject
+mua_sender_restrictions = reject_sender_login_mismatch, permit_sasl_authenticated, reject
+mua_helo_restrictions = permit_mynetworks, reject_invalid_helo_hostname, reject_non_fqdn_helo_hostname, permit
+`
+
+// mailTree adds Debian's Postfix and a chatmail-like Dovecot configuration
+// to a relay tree; extraDovecot goes into dovecot.conf.
+func mailTree(t *testing.T, extraDovecot, mainCF string) string {
+	t.Helper()
+	for _, bin := range []string{"doveconf", "postconf"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			t.Fatalf("%s not found: apt-get install postfix dovecot-imapd (see .ci/run)", bin)
+		}
+	}
+	root, relay := relayTree(t)
+	master, err := os.ReadFile("/usr/share/postfix/master.cf.dist")
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeTestFile(t, filepath.Join(root, "etc/postfix/master.cf"), string(master)+chatmailSMTPS)
+	writeTestFile(t, filepath.Join(root, "etc/postfix/main.cf"), "myhostname = "+installDomain+"\n"+mainCF)
+	writeTestFile(t, filepath.Join(root, "etc/dovecot/dovecot.conf"), `protocols = imap lmtp
+ssl = required
+ssl_cert = <`+filepath.Join(relay.Live, "fullchain")+`
+ssl_key = <`+filepath.Join(relay.Live, "privkey")+`
+ssl_min_protocol = TLSv1.3
+`+extraDovecot)
+	return root
+}
+
+func postconfM(t *testing.T, root, service string) string {
+	t.Helper()
+	out, err := exec.Command("postconf", "-c", filepath.Join(root, "etc/postfix"), "-M", service).Output()
+	if err != nil {
+		t.Fatalf("postconf -M %s: %v", service, err)
+	}
+	return strings.Join(strings.Fields(string(out)), " ")
+}
+
+// Full mode's drop-ins, checked by the real doveconf and postconf, and
+// taken back by uninstall.
+func TestInstallFullModeDropIns(t *testing.T) {
+	requireInstallTools(t)
+	root := mailTree(t, "", mainCFMUA)
+	dovecotBefore, _ := os.ReadFile(filepath.Join(root, dovecotConf))
+	smtpsBefore := postconfM(t, root, smtpsService)
+	if smtpsBefore == "" {
+		t.Fatal("the tree has no smtps service")
+	}
+
+	code, out := runCommand("install", "--root", root, "--mode", "full")
+	t.Logf("install --mode full:\n%s", out)
+	if code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	doveconf, err := exec.Command("doveconf", "-c", filepath.Join(root, dovecotConf), "-n").CombinedOutput()
+	if err != nil {
+		t.Fatalf("doveconf -n: %v\n%s", err, doveconf)
+	}
+	for _, want := range []string{"haproxy_trusted_networks = 127.0.0.0/8", "inet_listener imap_edge {\n    address = 127.0.0.1\n    haproxy = yes\n    port = 10993", "inet_listener imaps {\n    port = 0"} {
+		if !strings.Contains(string(doveconf), want) {
+			t.Errorf("doveconf -n lacks %q:\n%s", want, doveconf)
+		}
+	}
+	if got := postconfM(t, root, edgeService); got != edgeServiceLine() {
+		t.Errorf("postconf -M %s = %q, want %q", edgeService, got, edgeServiceLine())
+	}
+	if got := postconfM(t, root, smtpsService); got != "" {
+		t.Errorf("smtps still on: %q", got)
+	}
+	if out, err := exec.Command("postconf", "-c", filepath.Join(root, "etc/postfix"), "-n").CombinedOutput(); err != nil || strings.Contains(string(out), "warning") {
+		t.Errorf("postconf -n: %v\n%s", err, out)
+	}
+	cfg, _ := os.ReadFile(filepath.Join(root, config.DefaultFile))
+	if !strings.Contains(string(cfg), "imaps = :993") || !strings.Contains(string(cfg), "address = "+mail.ProxySMTPAddress) {
+		t.Errorf("config of full mode:\n%s", cfg)
+	}
+
+	if code, out := runCommand("install", "--root", root, "--mode", "full"); code != 0 || !strings.Contains(out, "Nothing to change") {
+		t.Errorf("second install: exit %d\n%s", code, out)
+	}
+	if code, out := runCommand("install", "--root", root); code != 1 || !strings.Contains(out, "installed in full mode: run `chatmail-edge uninstall` first") {
+		t.Errorf("default mode over full mode: exit %d\n%s", code, out)
+	}
+
+	code, out = runCommand("uninstall", "--root", root)
+	t.Logf("uninstall:\n%s", out)
+	if code != 0 {
+		t.Fatalf("uninstall: exit %d", code)
+	}
+	if got, _ := os.ReadFile(filepath.Join(root, dovecotConf)); string(got) != string(dovecotBefore) {
+		t.Errorf("dovecot.conf after uninstall:\n%s", got)
+	}
+	if _, err := os.Stat(filepath.Join(root, dovecotDropIn)); err == nil {
+		t.Errorf("the Dovecot drop-in is still there")
+	}
+	if got := postconfM(t, root, smtpsService); got != smtpsBefore {
+		t.Errorf("smtps after uninstall: %q, want %q", got, smtpsBefore)
+	}
+	if got := postconfM(t, root, edgeService); got != "" {
+		t.Errorf("the edge's Postfix service is still there: %q", got)
+	}
+}
+
+// When Dovecot refuses the drop-in (here: the relay already listens on
+// 127.0.0.1:10993), full mode is taken back and nothing else happens.
+func TestInstallFullModeRollsBack(t *testing.T) {
+	requireInstallTools(t)
+	root := mailTree(t, "service imap-login {\n  inet_listener imap {\n    address = 127.0.0.1\n    port = 10993\n  }\n}\n", mainCFMUA)
+	master := filepath.Join(root, "etc/postfix/master.cf")
+	masterBefore, _ := os.ReadFile(master)
+	dovecotBefore, _ := os.ReadFile(filepath.Join(root, dovecotConf))
+
+	code, out := runCommand("install", "--root", root, "--mode", "full")
+	t.Logf("install --mode full:\n%s", out)
+	if code != 1 || !strings.Contains(out, "full mode was taken back") || !strings.Contains(out, "duplicate listener") {
+		t.Fatalf("exit %d", code)
+	}
+	if got, _ := os.ReadFile(master); string(got) != string(masterBefore) {
+		t.Errorf("master.cf not restored")
+	}
+	if got, _ := os.ReadFile(filepath.Join(root, dovecotConf)); string(got) != string(dovecotBefore) {
+		t.Errorf("dovecot.conf not restored")
+	}
+	if _, err := os.Stat(filepath.Join(root, dovecotDropIn)); err == nil {
+		t.Errorf("the Dovecot drop-in is still there")
+	}
+	if s := unitState(t, root, "nginx.service"); s != "enabled" {
+		t.Errorf("nginx.service is %q after a failed full mode, want enabled", s)
+	}
+}
+
+// A main.cf without chatmail's MUA restrictions would leave the PROXY
+// service without them: postconf's warning stops full mode.
+func TestInstallFullModeNeedsChatmailMainCF(t *testing.T) {
+	requireInstallTools(t)
+	root := mailTree(t, "", "")
+	code, out := runCommand("install", "--root", root, "--mode", "full")
+	if code != 1 || !strings.Contains(out, "undefined parameter: mua_") || !strings.Contains(out, "full mode was taken back") {
+		t.Fatalf("exit %d\n%s", code, out)
+	}
+	if got := postconfM(t, root, smtpsService); got == "" {
+		t.Errorf("smtps was not turned back on")
+	}
+}

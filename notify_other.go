@@ -1,6 +1,0 @@
-//go:build !linux
-
-package main
-
-// monotonicUsec: systemd runs on Linux only.
-func monotonicUsec() (uint64, bool) { return 0, false }

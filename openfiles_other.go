@@ -1,8 +1,0 @@
-//go:build !unix
-
-package main
-
-import "math"
-
-// openFileLimit is unknown here.
-func openFileLimit() uint64 { return math.MaxUint64 }
