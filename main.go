@@ -10,7 +10,8 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"runtime/debug"
+
+	"chatmail-edge/internal/buildinfo"
 )
 
 const usage = `chatmail-edge: the TLS and ECH front end of a chatmail relay.
@@ -36,7 +37,7 @@ Usage:
                                       serve IMAP METADATA for Dovecot: the ECH config list, the rest
                                       from chatmail's metadata service (its own unit)
   chatmail-edge config describe       print the configuration file with every key documented
-  chatmail-edge version               print the version
+  chatmail-edge version | --version   print the version and the commit it was built from
 
 Run "chatmail-edge COMMAND -h" for a command's flags.
 `
@@ -48,6 +49,10 @@ const exitConfig = 78 // EX_CONFIG, sysexits.h
 // errUsage marks errors that the command line caused.
 var errUsage = errors.New("usage")
 
+// errFlagPrinted marks a flag error that the flag set has printed already,
+// with the command's usage: run adds nothing.
+var errFlagPrinted = fmt.Errorf("%w: bad flag", errUsage)
+
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
@@ -56,6 +61,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
 		return 2
+	}
+	printVersion := func([]string, io.Writer, io.Writer) error {
+		fmt.Fprintln(stdout, buildinfo.Read())
+		return nil
 	}
 	commands := map[string]func([]string, io.Writer, io.Writer) error{
 		"demo":           cmdDemo,
@@ -69,10 +78,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		"install":        cmdInstall,
 		"uninstall":      cmdUninstall,
 		"metadata-proxy": cmdMetadataProxy,
-		"version": func([]string, io.Writer, io.Writer) error {
-			fmt.Fprintln(stdout, "chatmail-edge", version())
-			return nil
-		},
+		"version":        printVersion,
+		"--version":      printVersion,
+		"-version":       printVersion,
 	}
 	cmd, ok := commands[args[0]]
 	if !ok {
@@ -89,6 +97,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 0
 	case errors.Is(err, flag.ErrHelp):
 		return 0
+	case errors.Is(err, errFlagPrinted):
+		return 2
 	case errors.Is(err, errUsage):
 		fmt.Fprintf(stderr, "chatmail-edge %s: %v\n", args[0], err)
 		return 2
@@ -103,23 +113,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 }
 
-// version is the module version when installed with go install, else the
-// VCS revision the binary was built from.
-func version() string {
-	bi, ok := debug.ReadBuildInfo()
-	if !ok {
-		return "unknown"
-	}
-	if v := bi.Main.Version; v != "" && v != "(devel)" {
-		return v
-	}
-	for _, s := range bi.Settings {
-		if s.Key == "vcs.revision" && len(s.Value) >= 12 {
-			return "devel-" + s.Value[:12]
-		}
-	}
-	return "devel"
-}
+// version is the running build's version (internal/buildinfo), for the
+// status page.
+func version() string { return buildinfo.Read().Version }
 
 // newFlagSet makes a flag set that reports errors to stderr and returns them.
 func newFlagSet(name string, stderr io.Writer, synopsis string) *flag.FlagSet {
@@ -132,13 +128,14 @@ func newFlagSet(name string, stderr io.Writer, synopsis string) *flag.FlagSet {
 	return fs
 }
 
-// parseFlags parses args, turning flag errors into usage errors.
+// parseFlags parses args; a flag error, which fs has printed, becomes
+// errFlagPrinted.
 func parseFlags(fs *flag.FlagSet, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return err
 		}
-		return fmt.Errorf("%w: %v", errUsage, err)
+		return fmt.Errorf("%w: %v", errFlagPrinted, err)
 	}
 	return nil
 }
