@@ -26,8 +26,12 @@ import (
 // Where install puts things on the relay (below --root).
 const (
 	installedBinary = "/usr/local/bin/chatmail-edge"
-	unitDir         = "/etc/systemd/system"
-	sysusersFile    = "/etc/sysusers.d/chatmail-edge.conf"
+	// packagedBinary is where the Debian package puts the binary (release/;
+	// Debian policy 9.1.2 keeps packages out of /usr/local): install run
+	// from it uses it in place.
+	packagedBinary = "/usr/bin/chatmail-edge"
+	unitDir        = "/etc/systemd/system"
+	sysusersFile   = "/etc/sysusers.d/chatmail-edge.conf"
 	// installRecordFile says what install changed, for uninstall. It is
 	// root's: the state folder belongs to the service user.
 	installRecordFile = "/etc/chatmail-edge/installed.json"
