@@ -26,10 +26,8 @@ import (
 // Where install puts things on the relay (below --root).
 const (
 	installedBinary = "/usr/local/bin/chatmail-edge"
-	// packagedBinary is where the Debian package puts the binary (release/;
-	// Debian policy 9.1.2 keeps packages out of /usr/local): install run
-	// from it uses it in place.
-	packagedBinary = "/usr/bin/chatmail-edge"
+	// install run from the Debian package's binary uses it in place.
+	packagedBinary = systemd.PackagedBinary
 	unitDir        = "/etc/systemd/system"
 	sysusersFile   = "/etc/sysusers.d/chatmail-edge.conf"
 	// installRecordFile says what install changed, for uninstall. It is
