@@ -43,6 +43,11 @@ const (
 	unitExportCert = "/var/lib/acme/live/<mail_domain>/fullchain"
 )
 
+// lintianOverrides are lintian's findings that are so by design.
+const lintianOverrides = `# A Go program built with CGO_ENABLED=0: static, so that it runs on any Linux.
+chatmail-edge: statically-linked-binary [usr/bin/chatmail-edge]
+`
+
 func debFileName(version, arch string) string {
 	return debPrefix + version + "_" + debianArch[arch] + ".deb"
 }
@@ -71,7 +76,8 @@ type pkgFile struct {
 // the relay's paths and enables them; a copy under /usr/lib/systemd/system
 // would outlive uninstall and could be enabled without the user, the
 // configuration and the takeover that install does), README.Debian, the
-// changelog and the copyright file. Nothing under /etc: no conffiles.
+// changelog and the copyright file; and lintian's overrides. Nothing under
+// /etc: no conffiles.
 func (p pkg) files() ([]pkgFile, error) {
 	bin, err := os.ReadFile(p.Binary)
 	if err != nil {
@@ -96,6 +102,7 @@ func (p pkg) files() ([]pkgFile, error) {
 		{docDir + "/changelog.gz", 0o644, changelog},
 		{docDir + "/copyright", 0o644, p.Copyright},
 		{docDir + "/chatmail-edge.ini.example", 0o644, p.INIExample},
+		{"/usr/share/lintian/overrides/chatmail-edge", 0o644, []byte(lintianOverrides)},
 	}
 	docs, err := os.ReadDir(filepath.Join(p.Root, "docs"))
 	if err != nil {
@@ -130,7 +137,7 @@ func (p pkg) files() ([]pkgFile, error) {
 // gzipped without a name or time, so that the same commit gives the same
 // bytes.
 func (p pkg) changelog() ([]byte, error) {
-	text := fmt.Sprintf("chatmail-edge (%s) unstable; urgency=medium\n\n  * Built from commit %s (git describe: %s).\n\n -- %s  %s\n",
+	text := fmt.Sprintf("chatmail-edge (%s) unstable; urgency=medium\n\n  * Built from commit %s\n    (git describe: %s).\n\n -- %s  %s\n",
 		p.Stamp.DebVersion, p.Stamp.Commit, p.Stamp.Describe, p.Maintainer, p.Stamp.Time.Format("Mon, 02 Jan 2006 15:04:05 -0700"))
 	var b bytes.Buffer
 	zw, err := gzip.NewWriterLevel(&b, gzip.BestCompression)

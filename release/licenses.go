@@ -183,6 +183,7 @@ func copyrightFile(ctx context.Context, root, arch string) ([]byte, error) {
 	for _, m := range mods {
 		fmt.Fprintf(&b, "  %s %s: %s\n", m.Path, m.Version, m.License)
 	}
+	common, _ := os.ReadFile(commonApache) // none off Debian: the texts go in in full
 	rule := strings.Repeat("=", 72) + "\n"
 	for _, m := range mods {
 		for _, f := range m.Files {
@@ -190,9 +191,50 @@ func copyrightFile(ctx context.Context, root, arch string) ([]byte, error) {
 			if err != nil {
 				return nil, err
 			}
+			text := strings.TrimRight(string(data), "\n") + "\n"
+			if m.License == "Apache-2.0" && isLicense(f) {
+				text = apacheLicense(text, string(common))
+			}
 			fmt.Fprintf(&b, "\n%s%s %s: %s\n%s\n", rule, m.Path, m.Version, filepath.Base(f), rule)
-			b.WriteString(strings.TrimRight(string(data), "\n") + "\n")
+			b.WriteString(text)
 		}
 	}
 	return []byte(b.String()), nil
+}
+
+// commonApache is Debian's copy of the Apache License 2.0 (base-files).
+const commonApache = "/usr/share/common-licenses/Apache-2.0"
+
+// apacheLicense is what the copyright file says of an Apache-2.0 license
+// file: when its terms are those of Debian's copy, a reference to it (as
+// Debian policy 12.5 asks) and the file's own copyright lines; else the
+// file in full.
+func apacheLicense(text, common string) string {
+	terms := apacheTerms(text)
+	if terms == "" || terms != apacheTerms(common) {
+		return text
+	}
+	var b strings.Builder
+	b.WriteString("The Apache License, Version 2.0: on Debian systems in full in\n" + commonApache + ".\n")
+	for _, line := range strings.Split(text, "\n") {
+		line = strings.TrimSpace(line)
+		// The appendix's template ("Copyright [yyyy] [name of copyright
+		// owner]") is no one's.
+		if strings.HasPrefix(line, "Copyright ") && !strings.ContainsAny(line, "[{") {
+			b.WriteString(line + "\n")
+		}
+	}
+	return b.String()
+}
+
+// apacheTerms are the terms of an Apache License 2.0 text, up to "END OF
+// TERMS AND CONDITIONS", with white space made single spaces; "" if the
+// text has no such end.
+func apacheTerms(text string) string {
+	const end = "END OF TERMS AND CONDITIONS"
+	i := strings.Index(text, end)
+	if i < 0 {
+		return ""
+	}
+	return strings.Join(strings.Fields(text[:i+len(end)]), " ")
 }

@@ -186,6 +186,32 @@ func TestLicenseCheck(t *testing.T) {
 	}
 }
 
+// TestApacheLicense: a module's Apache License 2.0 becomes a reference to
+// Debian's copy with the module's own copyright lines, unless its terms
+// differ.
+func TestApacheLicense(t *testing.T) {
+	common, err := os.ReadFile(commonApache)
+	if err != nil {
+		t.Fatalf("Debian's copy of the Apache License (package base-files): %v", err)
+	}
+	const template = "Copyright [yyyy] [name of copyright owner]"
+	if !strings.Contains(string(common), template) {
+		t.Fatalf("%s lacks %q", commonApache, template)
+	}
+	module := strings.Replace(string(common), template, "Copyright 2016 Paulo Pires", 1)
+	want := "The Apache License, Version 2.0: on Debian systems in full in\n" + commonApache + ".\nCopyright 2016 Paulo Pires\n"
+	if got := apacheLicense(module, string(common)); got != want {
+		t.Errorf("got %q, want %q", got, want)
+	}
+	changed := strings.Replace(module, "a perpetual,", "a revocable,", 1)
+	if got := apacheLicense(changed, string(common)); got != changed {
+		t.Errorf("changed terms: not given in full")
+	}
+	if got := apacheLicense(module, ""); got != module {
+		t.Errorf("without Debian's copy: not given in full")
+	}
+}
+
 // TestPackage builds a package around a stand-in binary and reads it back
 // with dpkg-deb: its fields, its exact file list with owners and modes,
 // and what its maintainer scripts do.
@@ -230,6 +256,8 @@ func TestPackage(t *testing.T) {
 		"./": "drwxr-xr-x", "./usr/": "drwxr-xr-x", "./usr/bin/": "drwxr-xr-x", "./usr/share/": "drwxr-xr-x",
 		"./usr/share/doc/": "drwxr-xr-x", doc: "drwxr-xr-x", doc + "docs/": "drwxr-xr-x", doc + "systemd/": "drwxr-xr-x",
 		"./usr/bin/chatmail-edge": "-rwxr-xr-x",
+		"./usr/share/lintian/":    "drwxr-xr-x", "./usr/share/lintian/overrides/": "drwxr-xr-x",
+		"./usr/share/lintian/overrides/chatmail-edge": "-rw-r--r--",
 	}
 	for _, f := range []string{"README.md", "README.Debian", "changelog.gz", "copyright", "chatmail-edge.ini.example",
 		"systemd/chatmail-edge.service", "systemd/chatmail-edge-mail-reload.path", "systemd/chatmail-edge-mail-reload.service",
