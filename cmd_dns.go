@@ -24,7 +24,7 @@ func cmdDNS(args []string, stdout, stderr io.Writer) error {
 	fs.Var(&ipv6, "ipv6", "the relay's public IPv6 address (likewise; none with disable_ipv6 in chatmail.ini)")
 	dkimFile := fs.String("dkim-key", dnszone.DefaultDKIMKey, "the relay's DKIM private key (PEM), whose public half is published")
 	dkimSelector := fs.String("dkim-selector", dnszone.DefaultDKIMSelector, "the DKIM selector")
-	accountURL := fs.String("account-url", "", "ACME account URL for the CAA record's accounturi (default: the edge's account, as `acme account-url` prints it)")
+	accountURL := fs.String("account-url", "", "ACME account `URL` for the CAA record's accounturi (default: the edge's account, as chatmail-edge acme account-url prints it)")
 	tlsrptRUA := fs.String("tlsrpt-rua", "", "where TLS reports go (RFC 8460 rua; default mailto:tlsrpt@<mail_domain>)")
 	zonefile := fs.Bool("zonefile", false, "print a BIND master file ($ORIGIN, $TTL, absolute names; no SOA/NS: $INCLUDE it into the zone)")
 	check := fs.Bool("check", false, "ask a resolver for every record and say which are ok, missing or different; exit 1 if a required one is not ok")

@@ -73,7 +73,7 @@ func parseInterleaved(fs interface {
 			if errors.Is(err, flag.ErrHelp) {
 				return nil, err
 			}
-			return nil, fmt.Errorf("%w: %v", errUsage, err)
+			return nil, fmt.Errorf("%w: %v", errFlagPrinted, err)
 		}
 		rest := fs.Args()
 		if len(rest) == 0 {

@@ -10,7 +10,7 @@ import (
 // parseConfigFlags adds --config and the ACME CA overrides to fs, parses
 // args (no arguments left over) and loads the settings.
 func parseConfigFlags(fs *flag.FlagSet, args []string) (*config.Settings, error) {
-	configFile := fs.String("config", config.DefaultFile, "the edge's configuration file (see `chatmail-edge config describe`)")
+	configFile := fs.String("config", config.DefaultFile, "the edge's configuration `file` (every key: chatmail-edge config describe)")
 	f := addACMEFlags(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return nil, err

@@ -12,7 +12,7 @@ import (
 	"os"
 
 	"chatmail-edge/config"
-	"chatmail-edge/internal/version"
+	"chatmail-edge/internal/buildinfo"
 )
 
 const usage = `chatmail-edge: the TLS and ECH front end of a chatmail relay.
@@ -38,7 +38,7 @@ Usage:
                                       serve IMAP METADATA for Dovecot: the ECH config list, the rest
                                       from chatmail's metadata service (its own unit)
   chatmail-edge config describe       print the configuration file with every key documented
-  chatmail-edge version               print the version
+  chatmail-edge version | --version   print the version and the commit it was built from
 
 Run "chatmail-edge COMMAND -h" for a command's flags.
 `
@@ -50,6 +50,10 @@ const exitConfig = 78 // EX_CONFIG, sysexits.h
 // errUsage marks errors that the command line caused.
 var errUsage = errors.New("usage")
 
+// errFlagPrinted marks a flag error that the flag set has printed already,
+// with the command's usage: run adds nothing.
+var errFlagPrinted = fmt.Errorf("%w: bad flag", errUsage)
+
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
@@ -58,6 +62,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
 		return 2
+	}
+	printVersion := func([]string, io.Writer, io.Writer) error {
+		fmt.Fprintln(stdout, buildinfo.Read())
+		return nil
 	}
 	commands := map[string]func([]string, io.Writer, io.Writer) error{
 		"demo":           cmdDemo,
@@ -71,10 +79,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		"install":        cmdInstall,
 		"uninstall":      cmdUninstall,
 		"metadata-proxy": cmdMetadataProxy,
-		"version": func([]string, io.Writer, io.Writer) error {
-			fmt.Fprintln(stdout, "chatmail-edge", version.String())
-			return nil
-		},
+		"version":        printVersion,
+		"--version":      printVersion,
+		"-version":       printVersion,
 	}
 	cmd, ok := commands[args[0]]
 	if !ok {
@@ -91,6 +98,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 0
 	case errors.Is(err, flag.ErrHelp):
 		return 0
+	case errors.Is(err, errFlagPrinted):
+		return 2
 	case errors.Is(err, errUsage):
 		fmt.Fprintf(stderr, "chatmail-edge %s: %v\n", args[0], err)
 		return 2
@@ -116,13 +125,14 @@ func newFlagSet(name string, stderr io.Writer, synopsis string) *flag.FlagSet {
 	return fs
 }
 
-// parseFlags parses args, turning flag errors into usage errors.
+// parseFlags parses args; a flag error, which fs has printed, becomes
+// errFlagPrinted.
 func parseFlags(fs *flag.FlagSet, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return err
 		}
-		return fmt.Errorf("%w: %v", errUsage, err)
+		return fmt.Errorf("%w: %v", errFlagPrinted, err)
 	}
 	return nil
 }

@@ -26,8 +26,10 @@ import (
 // Where install puts things on the relay (below --root).
 const (
 	installedBinary = "/usr/local/bin/chatmail-edge"
-	unitDir         = "/etc/systemd/system"
-	sysusersFile    = "/etc/sysusers.d/chatmail-edge.conf"
+	// install run from the Debian package's binary uses it in place.
+	packagedBinary = systemd.PackagedBinary
+	unitDir        = "/etc/systemd/system"
+	sysusersFile   = "/etc/sysusers.d/chatmail-edge.conf"
 	// installRecordFile says what install changed, for uninstall. It is
 	// root's: the state folder belongs to the service user.
 	installRecordFile = "/etc/chatmail-edge/installed.json"

@@ -111,7 +111,7 @@ func (in *installer) install(mode, configFile string) error {
 	if err := in.saveRecord(rec); err != nil {
 		return err
 	}
-	changed, err := in.installBinary()
+	binary, changed, err := in.installBinary()
 	if err != nil {
 		return err
 	}
@@ -120,7 +120,7 @@ func (in *installer) install(mode, configFile string) error {
 	if s.CertMode() == "acme" {
 		exportCert = s.ACME().ExportCert
 	}
-	units, err := systemd.Units(systemd.Params{Binary: installedBinary, Config: configFile, ExportCert: exportCert})
+	units, err := systemd.Units(systemd.Params{Binary: binary, Config: configFile, ExportCert: exportCert})
 	if err != nil {
 		return err
 	}
@@ -163,17 +163,38 @@ func (in *installer) install(mode, configFile string) error {
 	return in.summary(s, mode, configFile)
 }
 
-// installBinary copies the running binary to installedBinary.
-func (in *installer) installBinary() (bool, error) {
+// installBinary puts the binary where the units run it and returns that
+// path: the packaged one when install runs from it (dpkg owns and upgrades
+// it: install neither copies nor removes it, and removes its own copy of
+// an earlier install, which would come first in PATH), else a copy of the
+// running binary at installedBinary.
+func (in *installer) installBinary() (string, bool, error) {
 	self, err := os.Executable()
 	if err != nil {
-		return false, fmt.Errorf("find the running binary: %w", err)
+		return "", false, fmt.Errorf("find the running binary: %w", err)
+	}
+	if in.runsPackaged(self) {
+		fmt.Fprintf(in.out, "  ok     run the packaged %s\n", packagedBinary)
+		removed, err := in.removeFile(installedBinary)
+		return packagedBinary, removed, err
 	}
 	data, err := os.ReadFile(self)
 	if err != nil {
-		return false, fmt.Errorf("read the running binary: %w", err)
+		return "", false, fmt.Errorf("read the running binary: %w", err)
 	}
-	return in.writeFile(installedBinary, data, 0o755)
+	changed, err := in.writeFile(installedBinary, data, 0o755)
+	return installedBinary, changed, err
+}
+
+// runsPackaged tells whether the running binary self is the root's
+// packagedBinary (the same file, whatever path it was started by).
+func (in *installer) runsPackaged(self string) bool {
+	running, err := os.Stat(self)
+	if err != nil {
+		return false
+	}
+	packaged, err := os.Stat(in.path(packagedBinary))
+	return err == nil && os.SameFile(running, packaged)
 }
 
 // importAcmetool takes over acmetool's ACME account key and certificate

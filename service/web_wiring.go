@@ -12,7 +12,7 @@ import (
 	"chatmail-edge/config"
 	"chatmail-edge/ech"
 	"chatmail-edge/edge"
-	"chatmail-edge/internal/version"
+	"chatmail-edge/internal/buildinfo"
 	"chatmail-edge/mail"
 	"chatmail-edge/metadata"
 	"chatmail-edge/web"
@@ -47,7 +47,7 @@ type webServing struct {
 // buildWeb checks wc and builds the web server for it, without serving it.
 // The demo's autoconfig lists the edge's own ports, as bound.
 func (in *instance) buildWeb(wc web.Config, backends edge.Backends) (*webServing, error) {
-	wc.Domain, wc.HTTPSPort, wc.Version = in.cfg.Domain, in.cfg.HTTPSPort, version.String()
+	wc.Domain, wc.HTTPSPort, wc.Version = in.cfg.Domain, in.cfg.HTTPSPort, buildinfo.Read().Version
 	wc.SelfMode = selfSignedMode(in.cfg.Domain)
 	if wc.Autoconfig.Custom {
 		wc.Autoconfig.IMAPS, wc.Autoconfig.SMTPS, wc.Autoconfig.HTTPS = in.boundPort("imaps"), in.boundPort("smtps"), in.boundPort("https")

@@ -23,6 +23,10 @@ const (
 	// User is the service user that Sysusers creates.
 	User     = "chatmail-edge"
 	Sysusers = "chatmail-edge.sysusers"
+	// PackagedBinary is where the Debian package (release/) puts the
+	// binary, which install then runs in place: /usr/bin, as Debian policy
+	// 9.1.2 keeps packages out of /usr/local.
+	PackagedBinary = "/usr/bin/chatmail-edge"
 )
 
 // Params fill in the units' paths.
