@@ -35,7 +35,7 @@ func loadCommand(fs *flag.FlagSet, args []string, stderr io.Writer) (*config.Set
 	}
 	log, err := service.NewLogger(stderr, s.LogLevel)
 	if err != nil {
-		return nil, nil, fmt.Errorf("%w: %v", config.ErrConfig, err)
+		return nil, nil, fmt.Errorf("%w: %w", config.ErrConfig, err)
 	}
 	return s, log, nil
 }
@@ -54,7 +54,7 @@ func cmdACME(args []string, stdout, stderr io.Writer) error {
 	defer log.Sync()
 	m, err := acme.NewManager(s.ACME(), log.Named("acme"))
 	if err != nil {
-		return fmt.Errorf("%w: %v", config.ErrConfig, err)
+		return fmt.Errorf("%w: %w", config.ErrConfig, err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), accountURLTimeout)
 	defer cancel()

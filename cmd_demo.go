@@ -27,7 +27,7 @@ func cmdDemo(args []string, stdout, stderr io.Writer) error {
 	}
 	log, err := service.NewLogger(stderr, *logLevel)
 	if err != nil {
-		return fmt.Errorf("%w: %v", errUsage, err)
+		return fmt.Errorf("%w: %w", errUsage, err)
 	}
 	defer log.Sync()
 	return service.RunDemo(c, log, stdout)

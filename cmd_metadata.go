@@ -34,14 +34,14 @@ func cmdMetadataProxy(args []string, _, stderr io.Writer) error {
 	}
 	log, err := service.NewLogger(stderr, *logLevel)
 	if err != nil {
-		return fmt.Errorf("%w: %v", errUsage, err)
+		return fmt.Errorf("%w: %w", errUsage, err)
 	}
 	defer log.Sync()
 	log = log.Named("metadata")
 
 	if err := metadata.Run(cfg, *socket, log); err != nil {
 		if errors.Is(err, metadata.ErrConfig) {
-			return fmt.Errorf("%w: %v", config.ErrConfig, err)
+			return fmt.Errorf("%w: %w", config.ErrConfig, err)
 		}
 		return err
 	}

@@ -263,11 +263,11 @@ func FromFile(f *ini.File, root string) (*Settings, error) {
 	}
 	if f != nil {
 		if err := applyFile(s, f); err != nil {
-			return nil, fmt.Errorf("%w: %v", ErrConfig, err)
+			return nil, fmt.Errorf("%w: %w", ErrConfig, err)
 		}
 	}
 	if err := s.readChatmailINI(filepath.Join(root, s.ChatmailINI)); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrConfig, err)
+		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
 	}
 	if s.HelloTimeout > s.HandshakeTimeout {
 		return nil, fmt.Errorf("%w: %s: hello_timeout %v is longer than handshake_timeout %v (%s)", ErrConfig,

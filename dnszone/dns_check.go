@@ -43,7 +43,7 @@ func lookup(ctx context.Context, resolver, name string, t uint16) ([]dns.RR, err
 		in, _, err = tcp.ExchangeContext(ctx, q, resolver)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("ask %s for %s %s: %w: %v", resolver, name, dns.TypeToString[t], errResolverUnreachable, err)
+		return nil, fmt.Errorf("ask %s for %s %s: %w: %w", resolver, name, dns.TypeToString[t], errResolverUnreachable, err)
 	}
 	if in.Rcode != dns.RcodeSuccess && in.Rcode != dns.RcodeNameError {
 		return nil, fmt.Errorf("ask %s for %s %s: %s", resolver, name, dns.TypeToString[t], dns.RcodeToString[in.Rcode])

@@ -54,6 +54,9 @@ type Config struct {
 	// NoParking keeps one goroutine per direction per connection instead of
 	// parking idle connections in the poller (for comparison only).
 	NoParking bool
+	// NoTLSBufferTrim keeps crypto/tls's input buffers of parked
+	// connections (tlsbuffers.go; for comparison only).
+	NoTLSBufferTrim bool
 }
 
 // Limits are the timeouts and limits of an edge. New connections get the

@@ -28,7 +28,7 @@ func deliveryEdge(t *testing.T) (*testEdge, *mail.LocalDelivery) {
 	t.Cleanup(func() { d.Close() })
 	te := startEdge(t, nil, Backends{})
 	backend := func(p mail.Protocol, addr string) Backend {
-		b, err := mail.NewBackend(mail.BackendConfig{Protocol: p, Mode: mail.ModeProxy, Address: addr, Dial: te.DialBackend})
+		b, err := mail.NewBackend(mail.BackendConfig{Protocol: p, Mode: mail.ModeProxy, Address: addr})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -13,14 +13,23 @@ import (
 	"sync/atomic"
 	"time"
 
+	"chatmail-edge/edge/internal/netpoll"
 	"chatmail-edge/mail"
 
 	"go.uber.org/zap"
 )
 
-// Backend dials the daemon behind a mail route; *mail.Backend implements it.
+// Backend is the daemon behind a mail route; *mail.Backend implements it.
+// The edge dials it itself, so that it owns the socket of both sides of a
+// session (and parks both); the backend only opens the session on it.
 type Backend interface {
-	Dial(ctx context.Context, info mail.ClientInfo) (net.Conn, error)
+	// Address is where the daemon listens (host:port).
+	Address() string
+	// Open starts a session for the client described by info on conn,
+	// which the edge dialed to Address (a PROXY header, or a TLS client
+	// handshake), and returns what to proxy through: conn, or TLS over it.
+	// On an error it has closed conn.
+	Open(ctx context.Context, conn net.Conn, info mail.ClientInfo) (net.Conn, error)
 }
 
 // Backends are the mail routes' targets. A nil entry refuses that route.
@@ -42,8 +51,8 @@ type Edge struct {
 	limits      atomic.Pointer[Limits] // cfg's timeouts and limits, changed by SetLimits
 
 	listeners []*listener
-	poller    *poller // nil: no parking (platform or Config.NoParking)
-	runner    *runner // handshakes, pump turns and backend dials
+	poller    *netpoll.Poller // nil: no parking (platform or Config.NoParking)
+	runner    *netpoll.Runner // handshakes, pump turns and backend dials
 	bufs      *bufferPools
 	slots     *handshakeSlots
 	sources   *sourceTable
@@ -99,7 +108,7 @@ func New(cfg Config, log *zap.Logger, getCert func(*tls.ClientHelloInfo) (*tls.C
 		pending:   make(map[*pendingConn]struct{}),
 		httpConns: make(map[net.Conn]connSlot),
 		stop:      make(chan struct{}),
-		runner:    newRunner(),
+		runner:    netpoll.NewRunner(),
 		sources:   newSourceTable(),
 		http:      newHandoffListener(),
 
@@ -154,11 +163,11 @@ func (e *Edge) Start() error {
 		}
 	}
 	if !e.cfg.NoParking {
-		p, err := newPoller(e.runner.do)
+		p, err := netpoll.New(e.runner.Do)
 		switch {
 		case err == nil:
 			e.poller = p
-		case !errors.Is(err, errNoPoller):
+		case !errors.Is(err, netpoll.ErrUnsupported):
 			return err
 		}
 	}
@@ -169,7 +178,7 @@ func (e *Edge) Start() error {
 				opened.ln.Close()
 			}
 			if e.poller != nil {
-				e.poller.close()
+				e.poller.Close()
 			}
 			return err
 		}
@@ -227,9 +236,9 @@ func (e *Edge) Shutdown() {
 		e.closing.Wait() // some may have been closing on their own
 		e.wg.Wait()
 		if e.poller != nil {
-			e.poller.close()
+			e.poller.Close()
 		}
-		e.runner.close()
+		e.runner.Close()
 		e.log.Info("edge stopped")
 	})
 }

@@ -71,3 +71,12 @@ func (e *Edge) HTTPConnState(c net.Conn, state http.ConnState) {
 		e.release(slot.l, slot.src)
 	}
 }
+
+// HTTPConnID is the edge's id of a connection it handed to the web server
+// (the "conn" field of its log lines), for the web server's own.
+func (e *Edge) HTTPConnID(c net.Conn) (uint64, bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	slot, ok := e.httpConns[c]
+	return slot.id, ok
+}

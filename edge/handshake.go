@@ -4,9 +4,11 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"net"
 	"time"
 
+	"chatmail-edge/edge/internal/netpoll"
 	"chatmail-edge/mail"
 
 	"go.uber.org/zap"
@@ -22,7 +24,7 @@ type pendingConn struct {
 	accepted   time.Time
 	helloAt    time.Time // when the ClientHello was complete
 	state      pendingState
-	tok        pollToken
+	reg        netpoll.Registration
 	registered bool
 
 	// hello holds what the client sent first, until the handshake reads it.
@@ -209,8 +211,8 @@ func (e *Edge) waitForHello(pc *pendingConn) {
 	}
 	var err error
 	if pc.registered {
-		err = e.poller.rearm(pc.tc.fd, pc.tok)
-	} else if pc.tok, err = e.poller.add(pc.tc.fd, func() { e.helloReadable(pc) }); err == nil {
+		err = e.poller.Rearm(pc.reg)
+	} else if pc.reg, err = e.poller.Register(pc.tc.fd, func() { e.helloReadable(pc) }); err == nil {
 		pc.registered = true
 	}
 	if err != nil {
@@ -299,7 +301,7 @@ func (e *Edge) dropPending(pc *pendingConn, reason FailReason, detail string) {
 	delete(e.pending, pc)
 	inLine := pc.state == queued || pc.state == handshaking
 	if pc.registered {
-		e.poller.forget(pc.tok)
+		e.poller.Forget(pc.reg)
 		pc.registered = false
 	}
 	e.mu.Unlock()
@@ -325,7 +327,7 @@ func (e *Edge) HandshakeBacklog() int {
 
 // startHandshake runs pc's handshake, which has a slot, on the runner.
 func (e *Edge) startHandshake(pc *pendingConn) {
-	e.runner.do(func() { e.handshake(pc) })
+	e.runner.Do(func() { e.handshake(pc) })
 }
 
 func (e *Edge) handshake(pc *pendingConn) {
@@ -421,14 +423,14 @@ func (e *Edge) handshake(pc *pendingConn) {
 // pc has left e.pending: nothing else looks at it any more.
 func (e *Edge) forgetRegistration(pc *pendingConn) {
 	if pc.registered {
-		e.poller.forget(pc.tok)
+		e.poller.Forget(pc.reg)
 		pc.registered = false
 	}
 }
 
 func (e *Edge) toHTTP(pc *pendingConn, conn *tls.Conn) {
 	e.mu.Lock()
-	e.httpConns[conn] = connSlot{pc.l, pc.src}
+	e.httpConns[conn] = connSlot{pc.l, pc.src, pc.id}
 	e.mu.Unlock()
 	if !e.http.deliver(conn) {
 		e.mu.Lock()
@@ -444,6 +446,7 @@ func (e *Edge) toHTTP(pc *pendingConn, conn *tls.Conn) {
 type connSlot struct {
 	l   *listener
 	src *source
+	id  uint64
 }
 
 func (e *Edge) closeRouted(pc *pendingConn, conn *tls.Conn) {
@@ -461,22 +464,18 @@ func (e *Edge) connectBackend(pc *pendingConn, conn *tls.Conn, route Route, cs *
 	l, tc := pc.l, pc.tc
 	b, proto := e.backendFor(route)
 	var bconn net.Conn
+	var btc *tcpConn
 	err := errNoBackend
 	if b != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), e.limits.Load().BackendTimeout)
-		bconn, err = b.Dial(ctx, mail.ClientInfo{
-			Source: tc.remote, Destination: tc.local,
-			TLSVersion: cs.Version, CipherSuite: cs.CipherSuite,
-			ServerName: cs.ServerName, ALPN: cs.NegotiatedProtocol,
-		})
-		cancel()
-	}
-	var btc *tcpConn
-	if err == nil {
-		if btc = underlyingTCP(bconn); btc == nil {
-			bconn.Close()
-			err = errors.New("backend connection was not made by Edge.DialBackend")
+		if btc, err = e.dialBackend(ctx, b.Address()); err == nil {
+			bconn, err = b.Open(ctx, btc, mail.ClientInfo{
+				Source: tc.remote, Destination: tc.local,
+				TLSVersion: cs.Version, CipherSuite: cs.CipherSuite,
+				ServerName: cs.ServerName, ALPN: cs.NegotiatedProtocol,
+			})
 		}
+		cancel()
 	}
 	if err != nil {
 		l.stats.failures[FailBackend].Add(1)
@@ -487,20 +486,20 @@ func (e *Edge) connectBackend(pc *pendingConn, conn *tls.Conn, route Route, cs *
 		e.closeRouted(pc, conn)
 		return
 	}
-	s := newSession(e, connSlot{l, pc.src}, pc.id, route, conn, tc, bconn, btc)
+	s := newSession(e, connSlot{l, pc.src, pc.id}, pc.id, route, conn, tc, bconn, btc)
 	if pc.registered {
 		// The client's socket keeps the registration it waited for its
 		// ClientHello with: re-arming it costs one epoll_ctl, removing and
 		// adding it again two. The session is not tracked yet, so nothing
 		// else sees its pumps.
-		e.poller.retarget(pc.tok, s.up.runFunc)
-		s.up.tok, s.up.registered = pc.tok, true
+		e.poller.Retarget(pc.reg, s.up.runFunc)
+		s.up.reg, s.up.registered = pc.reg, true
 		pc.registered = false
 	}
 	if !e.trackSession(s) {
 		bconn.Close()
 		if s.up.registered {
-			e.poller.forget(s.up.tok)
+			e.poller.Forget(s.up.reg)
 		}
 		e.closeRouted(pc, conn)
 		return
@@ -516,13 +515,13 @@ func (e *Edge) backendFor(route Route) (Backend, mail.Protocol) {
 	return b.IMAP, mail.IMAP
 }
 
-// DialBackend is the dialer the mail backends must use, so that the edge can
-// park the backend side of a session as well.
-func (e *Edge) DialBackend(ctx context.Context, network, address string) (net.Conn, error) {
-	d := net.Dialer{KeepAlive: noKeepAlive, Control: connectEarly} // loopback: nothing to probe
-	c, err := d.DialContext(ctx, network, address)
+// dialBackend connects to a mail daemon for a session, as a tcpConn that
+// the session can park too.
+func (e *Edge) dialBackend(ctx context.Context, address string) (*tcpConn, error) {
+	d := net.Dialer{KeepAlive: noKeepAlive, Control: netpoll.ConnectEarly} // loopback: nothing to probe
+	c, err := d.DialContext(ctx, "tcp", address)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("dial %s: %w", address, err)
 	}
 	tc, err := newTCPConn(c.(*net.TCPConn))
 	if err != nil {
@@ -530,12 +529,4 @@ func (e *Edge) DialBackend(ctx context.Context, network, address string) (net.Co
 		return nil, err
 	}
 	return tc, nil
-}
-
-func underlyingTCP(c net.Conn) *tcpConn {
-	if tlsConn, ok := c.(*tls.Conn); ok {
-		c = tlsConn.NetConn()
-	}
-	tc, _ := c.(*tcpConn)
-	return tc
 }

@@ -160,7 +160,7 @@ func (b *testBackend) backend(t testing.TB, e *Edge, proto mail.Protocol) Backen
 	t.Helper()
 	mb, err := mail.NewBackend(mail.BackendConfig{
 		Protocol: proto, Mode: "proxy", Address: b.ln.Addr().String(),
-		DialTimeout: 5 * time.Second, Dial: e.DialBackend,
+		DialTimeout: 5 * time.Second,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -37,7 +37,7 @@ func closingBackend(t *testing.T, te *testEdge, proto mail.Protocol, script stri
 		ln.Close()
 		<-done
 	})
-	b, err := mail.NewBackend(mail.BackendConfig{Protocol: proto, Mode: mail.ModeProxy, Address: raw.Addr().String(), Dial: te.DialBackend})
+	b, err := mail.NewBackend(mail.BackendConfig{Protocol: proto, Mode: mail.ModeProxy, Address: raw.Addr().String()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,13 +9,13 @@ import (
 	"net"
 	"testing"
 	"time"
+
+	"chatmail-edge/edge/internal/netpoll"
 )
 
 // pollSlotsInUse counts the poller's live registrations.
 func pollSlotsInUse(e *Edge) int {
-	e.poller.mu.Lock()
-	defer e.poller.mu.Unlock()
-	return len(e.poller.slots) - len(e.poller.free)
+	return e.poller.Registered()
 }
 
 // TestLateHelloKeepsItsRegistration covers a client that connects and sends
@@ -33,13 +33,13 @@ func TestLateHelloKeepsItsRegistration(t *testing.T) {
 	}
 	defer raw.Close()
 
-	var admitted pollToken
+	var admitted netpoll.Registration
 	waitFor(t, 5*time.Second, "the silent connection parked in the poller", func() bool {
 		te.mu.Lock()
 		defer te.mu.Unlock()
 		for pc := range te.pending {
 			if pc.registered && pc.state == waitingForHello {
-				admitted = pc.tok
+				admitted = pc.reg
 				return true
 			}
 		}
@@ -59,10 +59,10 @@ func TestLateHelloKeepsItsRegistration(t *testing.T) {
 		t.Fatal("no session after the greeting")
 	}
 	s.mu.Lock()
-	upTok, upRegistered := s.up.tok, s.up.registered
+	upReg, upRegistered := s.up.reg, s.up.registered
 	s.mu.Unlock()
-	if !upRegistered || upTok != admitted {
-		t.Fatalf("client pump registration %x (registered %v), want the admission's %x", upTok, upRegistered, admitted)
+	if !upRegistered || upReg != admitted {
+		t.Fatalf("client pump registration %+v (registered %v), want the admission's %+v", upReg, upRegistered, admitted)
 	}
 	if n := pollSlotsInUse(te.Edge); n != 2 {
 		t.Fatalf("%d registrations for one session, want 2 (one per socket)", n)

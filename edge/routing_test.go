@@ -118,7 +118,7 @@ func TestProxiedDataIsExactThroughTLSBackend(t *testing.T) {
 	te := startEdge(t, nil, Backends{})
 	b, err := mail.NewBackend(mail.BackendConfig{
 		Protocol: mail.IMAP, Mode: mail.ModeTLS, Address: ln.Addr().String(),
-		DialTimeout: 5 * time.Second, Dial: te.DialBackend,
+		DialTimeout: 5 * time.Second,
 	})
 	if err != nil {
 		t.Fatal(err)

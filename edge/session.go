@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"chatmail-edge/edge/internal/netpoll"
+
 	"go.uber.org/zap"
 )
 
@@ -52,7 +54,7 @@ type pump struct {
 	srcTLS     *tls.Conn // src as TLS, to trim its buffers when parked; nil when src is plain TCP
 	dstTLS     *tls.Conn // dst as TLS, for close_notify; nil when dst is plain TCP
 	bytes      *atomic.Uint64
-	tok        pollToken
+	reg        netpoll.Registration
 	registered bool        // tok is valid; guarded by s.mu
 	ended      atomic.Bool // src reached EOF
 	running    bool        // a turn of run is moving data; guarded by s.mu
@@ -91,7 +93,7 @@ func (s *session) start() {
 	s.backendTCP.parked = true
 	for _, p := range [...]*pump{&s.up, &s.down} {
 		if p.srcTLS != nil && (tlsHasBuffered(p.srcTLS) || p.srcTCP.holdsUnread()) {
-			s.e.runner.do(p.runFunc)
+			s.e.runner.Do(p.runFunc)
 		} else {
 			p.park()
 		}
@@ -149,7 +151,7 @@ func (p *pump) run() {
 		}
 		release()
 		if isWouldBlock(err) {
-			if p.srcTLS != nil {
+			if p.srcTLS != nil && !s.e.cfg.NoTLSBufferTrim {
 				trimTLSBuffers(p.srcTLS)
 			}
 			p.park()
@@ -214,8 +216,8 @@ func (p *pump) park() {
 	}
 	var err error
 	if p.registered {
-		err = s.e.poller.rearm(p.srcTCP.fd, p.tok)
-	} else if p.tok, err = s.e.poller.add(p.srcTCP.fd, p.runFunc); err == nil {
+		err = s.e.poller.Rearm(p.reg)
+	} else if p.reg, err = s.e.poller.Register(p.srcTCP.fd, p.runFunc); err == nil {
 		p.registered = true
 	}
 	if err != nil {
@@ -310,7 +312,7 @@ func (s *session) markClosed() {
 	// epoll set.
 	for _, p := range [...]*pump{&s.up, &s.down} {
 		if p.registered {
-			s.e.poller.forget(p.tok)
+			s.e.poller.Forget(p.reg)
 			p.registered = false
 		}
 	}

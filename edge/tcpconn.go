@@ -8,6 +8,8 @@ import (
 	"os"
 	"sync"
 	"syscall"
+
+	"chatmail-edge/edge/internal/netpoll"
 )
 
 // errWouldBlock reports that a parked connection has no data to read right now.
@@ -139,7 +141,7 @@ func (c *tcpConn) stopReadAhead() {
 // net.Conn until the connection is parked, then returning errWouldBlock
 // when nothing is there.
 func (c *tcpConn) readSocket(p []byte) (int, error) {
-	if !rawSocketIO && !c.parked {
+	if !netpoll.RawIO && !c.parked {
 		return c.TCPConn.Read(p)
 	}
 	return c.readRaw(p, !c.parked)
@@ -155,7 +157,7 @@ func (c *tcpConn) readRaw(p []byte, wait bool) (int, error) {
 	var n int
 	var errno error
 	err := c.raw.Read(func(fd uintptr) bool {
-		n, errno = readFD(fd, p)
+		n, errno = netpoll.Read(fd, p)
 		if errno != syscall.EAGAIN || !wait {
 			return true
 		}
@@ -203,14 +205,14 @@ func (c *tcpConn) Write(p []byte) (int, error) {
 // writeSocket writes all of p, waiting for room in the socket as a
 // net.Conn does (and honouring its write deadline).
 func (c *tcpConn) writeSocket(p []byte) (int, error) {
-	if !rawSocketIO {
+	if !netpoll.RawIO {
 		return c.TCPConn.Write(p)
 	}
 	written := 0
 	var errno error
 	err := c.raw.Write(func(fd uintptr) bool {
 		for written < len(p) {
-			n, e := writeFD(fd, p[written:])
+			n, e := netpoll.Write(fd, p[written:])
 			switch {
 			case e == syscall.EAGAIN:
 				c.turn.release() // a client that does not read holds no handshake slot
@@ -236,11 +238,11 @@ func (c *tcpConn) writeSocket(p []byte) (int, error) {
 // CloseWrite sends the TCP FIN. On loopback the kernel hands it to the
 // receiver within the call, so it is made like reads and writes (rawIO).
 func (c *tcpConn) CloseWrite() error {
-	if !rawSocketIO {
+	if !netpoll.RawIO {
 		return c.TCPConn.CloseWrite()
 	}
 	var errno error
-	err := c.raw.Control(func(fd uintptr) { errno = shutdownWrite(fd) })
+	err := c.raw.Control(func(fd uintptr) { errno = netpoll.ShutdownWrite(fd) })
 	if err == nil {
 		err = errno
 	}

@@ -32,14 +32,14 @@ func acceptOne(t *testing.T, network, addr string) (net.Listener, <-chan net.Con
 }
 
 // TestDialBackendCarriesData dials the way sessions reach their backends
-// (the connect made early, see connectEarly) over IPv4 and IPv6 and moves
+// (the connect made early, see netpoll.ConnectEarly) over IPv4 and IPv6 and moves
 // data both ways through the tcpConn.
 func TestDialBackendCarriesData(t *testing.T) {
 	e := &Edge{}
 	for _, tc := range []struct{ network, listen string }{{"tcp4", "127.0.0.1:0"}, {"tcp6", "[::1]:0"}} {
 		t.Run(tc.network, func(t *testing.T) {
 			ln, accepted := acceptOne(t, tc.network, tc.listen)
-			c, err := e.DialBackend(context.Background(), "tcp", ln.Addr().String())
+			c, err := e.dialBackend(context.Background(), ln.Addr().String())
 			if err != nil {
 				t.Fatalf("dial %s: %v", ln.Addr(), err)
 			}
@@ -66,7 +66,7 @@ func TestDialBackendCarriesData(t *testing.T) {
 			}
 
 			// Half-close: the peer sees the end of stream and can still answer.
-			if err := c.(*tcpConn).CloseWrite(); err != nil {
+			if err := c.CloseWrite(); err != nil {
 				t.Fatalf("CloseWrite: %v", err)
 			}
 			if rest, err := io.ReadAll(peer); err != nil || len(rest) != 0 {
@@ -89,7 +89,7 @@ func TestDialBackendRefused(t *testing.T) {
 	}
 	addr := ln.Addr().String()
 	ln.Close()
-	_, err = (&Edge{}).DialBackend(context.Background(), "tcp", addr)
+	_, err = (&Edge{}).dialBackend(context.Background(), addr)
 	if !errors.Is(err, syscall.ECONNREFUSED) {
 		t.Fatalf("dial a closed port: got %v, want connection refused", err)
 	}

@@ -20,9 +20,19 @@ import (
 // trimTLSBuffers drops those buffers while the connection is parked and they
 // hold nothing. The fields are found by name and type once, through
 // reflection; if crypto/tls ever changes them, tlsBufferLayout.ok is false
-// and trimming is simply off: correct, only bigger. The trim holds the
-// connection's input lock (tls.Conn.in is a halfConn that embeds a
-// sync.Mutex), the same lock Read takes, so it is ordered with every read.
+// and trimming is simply off: correct, only bigger
+// (TestParkedSessionReleasesTLSBuffers fails then, so the change is seen). The trim holds the connection's input
+// lock (tls.Conn.in is a halfConn that embeds a sync.Mutex), the same lock
+// Read takes, so it is ordered with every read. Config.NoTLSBufferTrim
+// turns it off.
+//
+// Why it exists, and what would delete it: a session that has moved one full
+// record keeps ~22 KiB in crypto/tls for its whole life, twice what an idle
+// proxied connection costs the edge otherwise (docs/BENCHMARKS.md, RSS per
+// idle connection after traffic); with it, the edge's idle connection
+// stays at a quarter of nginx termination's. A crypto/tls that gave back
+// rawInput once a Read has emptied it (or a method to release an idle
+// connection's buffers) would make this file unneeded.
 var tlsBufferLayout = findTLSBufferLayout()
 
 type tlsBufferOffsets struct {

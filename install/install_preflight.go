@@ -35,7 +35,7 @@ func (in *installer) preflight(mode, configFile string) (*config.Settings, []byt
 		f, err = ini.Parse(in.path(configFile), data)
 	}
 	if err != nil {
-		return nil, nil, fmt.Errorf("%w: %v", config.ErrConfig, err)
+		return nil, nil, fmt.Errorf("%w: %w", config.ErrConfig, err)
 	}
 	// chatmail.ini first, for a clear "not a relay" before anything else.
 	chatmailINI := config.DefaultChatmailINI

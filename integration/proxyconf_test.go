@@ -3,11 +3,12 @@
 package integration
 
 import (
-	"chatmail-edge/mail"
 	"os"
 	"strconv"
 	"strings"
 	"testing"
+
+	"chatmail-edge/mail"
 )
 
 // The suite runs the daemons with the proxy mode drop-ins of package mail

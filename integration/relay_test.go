@@ -102,7 +102,6 @@ func (r *relay) startEdge(t *testing.T, cert *tls.Certificate) {
 		b, err := mail.NewBackend(mail.BackendConfig{
 			Protocol: p, Mode: r.mode, Address: addr,
 			TLSServerName: domain, TLSVerify: true, RootCAs: r.roots, // tls mode
-			Dial: e.DialBackend,
 		})
 		if err != nil {
 			t.Fatal(err)

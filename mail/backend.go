@@ -47,9 +47,6 @@ type BackendConfig struct {
 	TLSServerName string        // tls mode: name to send as SNI and to verify; default the host of Address
 	TLSVerify     bool          // tls mode: verify the daemon's certificate (default false: loopback daemon, self-signed relays)
 	RootCAs       *x509.CertPool
-	// Dial connects to the daemon; the edge passes its own dialer that wraps
-	// the TCP conn. It must give up when ctx is done. Default: net.Dialer.
-	Dial func(ctx context.Context, network, address string) (net.Conn, error)
 }
 
 // Backend dials one mail daemon. It is safe for concurrent use.
@@ -94,9 +91,6 @@ func NewBackend(cfg BackendConfig) (*Backend, error) {
 	if cfg.TLSServerName == "" {
 		cfg.TLSServerName = host
 	}
-	if cfg.Dial == nil {
-		cfg.Dial = (&net.Dialer{}).DialContext
-	}
 
 	b := &Backend{cfg: cfg}
 	if cfg.Mode == ModeTLS {
@@ -120,10 +114,29 @@ func (b *Backend) String() string {
 	return fmt.Sprintf("%v backend %s (%s)", b.cfg.Protocol, b.cfg.Address, b.cfg.Mode)
 }
 
-// Dial connects to the daemon for the client described by info: in proxy
-// mode the returned connection has already sent the PROXY v2 header, in tls
-// mode it is a *tls.Conn after a completed handshake. Dial gives up after
-// DialTimeout at the latest.
+// Address is where the daemon listens, for the edge to dial.
+func (b *Backend) Address() string { return b.cfg.Address }
+
+// Open starts a session for the client described by info on conn, which the
+// caller dialed to Address: in proxy mode it sends the PROXY v2 header, in
+// tls mode it returns a *tls.Conn over conn after a completed handshake. It
+// gives up after DialTimeout at the latest; on an error conn is closed.
+func (b *Backend) Open(ctx context.Context, conn net.Conn, info ClientInfo) (net.Conn, error) {
+	var header []byte
+	if b.cfg.Mode == ModeProxy {
+		header = AppendProxyV2(make([]byte, 0, maxProxyV2Len), info)
+	}
+	ctx, cancel := context.WithTimeout(ctx, b.cfg.DialTimeout)
+	defer cancel()
+	conn, err := b.open(ctx, conn, header)
+	if err != nil {
+		return nil, fmt.Errorf("open %v: %w", b, err)
+	}
+	return conn, nil
+}
+
+// Dial connects to the daemon and opens a session on the connection, as
+// the edge does with its own dialer; tests use it.
 func (b *Backend) Dial(ctx context.Context, info ClientInfo) (net.Conn, error) {
 	var header []byte
 	if b.cfg.Mode == ModeProxy {
@@ -174,13 +187,21 @@ func (b *Backend) connect(ctx context.Context, header []byte) (net.Conn, error) 
 	ctx, cancel := context.WithTimeout(ctx, b.cfg.DialTimeout)
 	defer cancel()
 
-	conn, err := b.cfg.Dial(ctx, "tcp", b.cfg.Address)
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", b.cfg.Address)
 	if err != nil {
 		return nil, WithContextErr(ctx, err)
 	}
+	return b.open(ctx, conn, header)
+}
+
+// open sends header (proxy mode) or makes the TLS handshake (tls mode) on
+// conn within ctx; on an error it closes conn.
+func (b *Backend) open(ctx context.Context, conn net.Conn, header []byte) (net.Conn, error) {
 	// The deadline bounds the header write and the handshake even where a
 	// wrapped conn would not notice ctx.
 	deadline, _ := ctx.Deadline()
+	var err error
 	err = conn.SetDeadline(deadline)
 	if err == nil {
 		if b.cfg.Mode == ModeProxy {

@@ -36,7 +36,7 @@ func check(ctx context.Context, p Protocol, conn net.Conn, creds *Credentials) (
 func TestNewBackend(t *testing.T) {
 	b := newTestBackend(t, BackendConfig{Protocol: IMAP, Address: "127.0.0.1:993"})
 	cfg := b.Config()
-	if cfg.Mode != ModeTLS || cfg.DialTimeout != DefaultDialTimeout || cfg.TLSServerName != "127.0.0.1" || cfg.Dial == nil {
+	if cfg.Mode != ModeTLS || cfg.DialTimeout != DefaultDialTimeout || cfg.TLSServerName != "127.0.0.1" {
 		t.Errorf("defaults not filled in: %+v", cfg)
 	}
 
@@ -182,21 +182,26 @@ func TestBackendDialTimesOutOnSilentTLS(t *testing.T) {
 	}
 }
 
-func TestBackendCustomDial(t *testing.T) {
+// TestBackendOpen: on a connection the caller dialed (the edge dials its
+// own), Open starts the session: the daemon gets the PROXY header and
+// greets; a daemon that is gone closes the connection with an error.
+func TestBackendOpen(t *testing.T) {
 	daemons := startTestDaemons(t, requireProxyHeader)
-	var dialed []string
-	b := newTestBackend(t, BackendConfig{
-		Protocol: IMAP, Mode: ModeProxy, Address: daemons.imapAddr,
-		Dial: func(ctx context.Context, network, address string) (net.Conn, error) {
-			dialed = append(dialed, network+" "+address)
-			return (&net.Dialer{}).DialContext(ctx, network, address)
-		},
-	})
-	if _, err := b.Probe(testContext(t, 10*time.Second)); err != nil {
+	b := newTestBackend(t, BackendConfig{Protocol: IMAP, Mode: ModeProxy, Address: daemons.imapAddr})
+	if b.Address() != daemons.imapAddr {
+		t.Fatalf("Address %q", b.Address())
+	}
+	raw, err := net.Dial("tcp", b.Address())
+	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Equal(dialed, []string{"tcp " + daemons.imapAddr}) {
-		t.Errorf("custom Dial called with %q", dialed)
+	conn, err := b.Open(testContext(t, 10*time.Second), raw, ClientInfo{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if res, err := CheckIMAP(testContext(t, 10*time.Second), conn, nil); err != nil || !strings.HasPrefix(res.Greeting, "* OK") {
+		t.Fatalf("after Open: %+v, %v", res, err)
 	}
 }
 

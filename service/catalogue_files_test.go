@@ -148,7 +148,7 @@ func startError(t *testing.T, configFile string) error {
 	}
 	e, err := startServe(context.Background(), s, testZap(t), nil, nil)
 	if err == nil {
-		e.shutdown()
+		e.Shutdown()
 		t.Fatal("serve started")
 	}
 	return err

@@ -111,7 +111,7 @@ func mergeINI(conf, extra string) string {
 
 // start runs serve's start-up with the config and Pebble as the CA, as
 // `serve --config ... --acme-ca ... --acme-ca-root ...` does; Pebble validates on the ports the edge got.
-func (env *serveEnv) start(t *testing.T) *servingEdge {
+func (env *serveEnv) start(t *testing.T) *Service {
 	t.Helper()
 	s, err := config.Load(env.config, true)
 	if err != nil {
@@ -135,12 +135,12 @@ func (env *serveEnv) start(t *testing.T) *servingEdge {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(e.shutdown)
+	t.Cleanup(e.Shutdown)
 	return e
 }
 
 // dialECH connects to name like Delta Chat, with ECH, trusting roots.
-func (e *servingEdge) dialECH(name string, roots *x509.CertPool) (tls.ConnectionState, error) {
+func (e *Service) dialECH(name string, roots *x509.CertPool) (tls.ConnectionState, error) {
 	conn, err := tls.Dial("tcp", e.edge.Addr("https").String(), &tls.Config{
 		ServerName: name, RootCAs: roots, NextProtos: []string{"http/1.1"},
 		EncryptedClientHelloConfigList: e.echKeys.Load().ConfigList(),
@@ -158,7 +158,7 @@ func (e *servingEdge) dialECH(name string, roots *x509.CertPool) (tls.Connection
 
 // waitIssued waits until every name gets a certificate from the CA, over
 // ECH, and returns the chains.
-func (env *serveEnv) waitIssued(t *testing.T, e *servingEdge) map[string][]*x509.Certificate {
+func (env *serveEnv) waitIssued(t *testing.T, e *Service) map[string][]*x509.Certificate {
 	t.Helper()
 	chains := map[string][]*x509.Certificate{}
 	for _, name := range []string{env.domain, "mta-sts." + env.domain, "www." + env.domain, env.publicName} {
@@ -179,7 +179,7 @@ func (env *serveEnv) waitIssued(t *testing.T, e *servingEdge) map[string][]*x509
 
 // exportMatches checks that the exported chain is byte for byte the PEM of
 // what the edge serves for the mail domain.
-func (env *serveEnv) exportMatches(e *servingEdge) error {
+func (env *serveEnv) exportMatches(e *Service) error {
 	exported, err := os.ReadFile(env.export)
 	if err != nil {
 		return err
@@ -307,7 +307,7 @@ func TestServeKeepsServingWhileCAIsDown(t *testing.T) {
 	env := newServeEnv(t, "chat-down.test", "front-down.test", acmetest.Options{}, "")
 	first := env.start(t)
 	env.waitIssued(t, first)
-	first.shutdown()
+	first.Shutdown()
 
 	env.publicName = "front2-down.test"
 	os.WriteFile(env.config, []byte(mergeINI(mustRead(t, env.config), "[ech]\npublic_name = front2-down.test\n")), 0o644)
@@ -433,7 +433,7 @@ func TestServeFirstStartNeedsACertificate(t *testing.T) {
 	s.Certs.CA, s.Certs.CARoot = env.pebble.URL, missing
 	e, err := startServe(t.Context(), s, testZap(t), nil, nil)
 	if err == nil {
-		e.shutdown()
+		e.Shutdown()
 	}
 	if err == nil || errors.Is(err, config.ErrConfig) || !strings.Contains(err.Error(), missing) || !strings.Contains(err.Error(), "no certificate for chat-nocert.test") {
 		t.Fatalf("start: %v; want an error (not a configuration one) naming the root file", err)

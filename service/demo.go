@@ -1,7 +1,6 @@
 package service
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"net"
@@ -98,8 +97,8 @@ func StartDemo(c DemoConfig, log *zap.Logger) (*Demo, error) {
 		HTTPAddr:  addr(c.HTTPPort),
 		HTTPSPort: c.HTTPSPort,
 		GetCert:   certs.GetCertificate,
-		Backends: func(dial func(context.Context, string, string) (net.Conn, error)) (edge.Backends, error) {
-			return demoBackends(delivery, dial)
+		Backends: func() (edge.Backends, error) {
+			return demoBackends(delivery)
 		},
 		NewAccount: delivery.CreateAccount,
 
@@ -122,12 +121,12 @@ func StartDemo(c DemoConfig, log *zap.Logger) (*Demo, error) {
 
 // demoBackends reach the local delivery in proxy mode, so that the demo
 // exercises PROXY v2 exactly as a relay in full mode does.
-func demoBackends(delivery *mail.LocalDelivery, dial func(context.Context, string, string) (net.Conn, error)) (edge.Backends, error) {
-	imapB, err := mail.NewBackend(mail.BackendConfig{Protocol: mail.IMAP, Mode: mail.ModeProxy, Address: delivery.IMAPAddr(), Dial: dial})
+func demoBackends(delivery *mail.LocalDelivery) (edge.Backends, error) {
+	imapB, err := mail.NewBackend(mail.BackendConfig{Protocol: mail.IMAP, Mode: mail.ModeProxy, Address: delivery.IMAPAddr()})
 	if err != nil {
 		return edge.Backends{}, err
 	}
-	smtpB, err := mail.NewBackend(mail.BackendConfig{Protocol: mail.SMTP, Mode: mail.ModeProxy, Address: delivery.SMTPAddr(), Dial: dial})
+	smtpB, err := mail.NewBackend(mail.BackendConfig{Protocol: mail.SMTP, Mode: mail.ModeProxy, Address: delivery.SMTPAddr()})
 	if err != nil {
 		return edge.Backends{}, err
 	}

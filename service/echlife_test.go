@@ -21,14 +21,14 @@ func TestECHKeysAcrossRestartsAndRotation(t *testing.T) {
 	state := t.TempDir()
 	d := startTestDemo(t, state)
 	original := d.echKeys.Load().ConfigList()
-	d.shutdown()
+	d.Shutdown()
 
 	// A restart alone keeps the config byte for byte.
 	d = startTestDemo(t, state)
 	if got := d.echKeys.Load().ConfigList(); !bytes.Equal(got, original) {
 		t.Fatal("ECH config changed across a restart")
 	}
-	d.shutdown()
+	d.Shutdown()
 
 	// Rotate, restart: the published list starts with the new key, and a
 	// client holding the old config still gets ECH accepted.
@@ -56,7 +56,7 @@ func TestECHKeysAcrossRestartsAndRotation(t *testing.T) {
 		t.Fatal("old config no longer accepted after rotation")
 	}
 	conn.Close()
-	d.shutdown()
+	d.Shutdown()
 
 	// A corrupt key file stops the start, naming the file; nothing is replaced.
 	files, _ := filepath.Glob(filepath.Join(state, "ech", "*.pem"))

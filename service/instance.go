@@ -36,8 +36,8 @@ type instanceConfig struct {
 	// WrapHTTP wraps the plain HTTP handler (:80), to answer ACME HTTP-01
 	// challenges; nil leaves the redirect alone.
 	WrapHTTP func(http.Handler) http.Handler
-	// Backends builds the mail backends with the edge's dialer.
-	Backends   func(dial func(context.Context, string, string) (net.Conn, error)) (edge.Backends, error)
+	// Backends builds the mail backends.
+	Backends   func() (edge.Backends, error)
 	NewAccount func() (string, string, error)
 
 	// Web configures the HTTP side (see web_wiring.go); startInstance fills
@@ -45,7 +45,7 @@ type instanceConfig struct {
 	Web          web.Config
 	AdminAddr    string            // loopback listener of the detailed status page and /metrics; "" for none
 	MetadataFile string            // the ECH config list for chatmail's IMAP METADATA; "" for none
-	HTTPLimits   web.ServerLimits  // timeouts of every HTTP server
+	HTTPLimits   web.ServerConfig  // timeouts of every HTTP server
 	Certs        acme.StatusSource // certificates, for the status page and metrics
 	// Listen opens the listener name on addr, for every listener (serve's
 	// come from handoff.go's sockets); nil listens anew.
@@ -129,11 +129,11 @@ func startInstance(cfg instanceConfig, log *zap.Logger) (*instance, error) {
 	e, err := edge.New(cfg.Edge, log.Named("edge"), cfg.GetCert)
 	if err != nil {
 		in.closeListeners()
-		return nil, fmt.Errorf("%w: %v", config.ErrConfig, err)
+		return nil, fmt.Errorf("%w: %w", config.ErrConfig, err)
 	}
 	in.edge = e
 	in.setECHKeys(keys)
-	backends, err := cfg.Backends(e.DialBackend)
+	backends, err := cfg.Backends()
 	if err != nil {
 		in.closeListeners()
 		return nil, fmt.Errorf("%w: mail backends: %v", config.ErrConfig, err)

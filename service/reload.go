@@ -25,7 +25,7 @@ var errStopping = errors.New("shutting down")
 // mail domain, the certificate source, ...) is not applied at all, not even
 // in part: restart lists what differs from the running edge's start, for a
 // warning.
-func (e *servingEdge) reload(load func() (*config.Settings, error)) (restart []string, err error) {
+func (e *Service) Reload(load func() (*config.Settings, error)) (restart []string, err error) {
 	e.reloadMu.Lock()
 	defer e.reloadMu.Unlock()
 	if e.stopping {
@@ -41,7 +41,7 @@ func (e *servingEdge) reload(load func() (*config.Settings, error)) (restart []s
 	if err != nil {
 		return nil, err
 	}
-	backends, err := cfg.Backends(e.edge.DialBackend)
+	backends, err := cfg.Backends()
 	if err != nil {
 		return nil, fmt.Errorf("%w: mail backends: %v", config.ErrConfig, err)
 	}

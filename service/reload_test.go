@@ -33,7 +33,7 @@ type reloadEnv struct {
 	delivery                       *mail.LocalDelivery
 	notices                        <-chan string
 	hup                            chan os.Signal
-	edge                           *servingEdge
+	edge                           *Service
 	done                           chan error
 }
 
@@ -75,7 +75,7 @@ func (env *reloadEnv) start(t *testing.T, log *zap.Logger) {
 		t.Fatal(err)
 	}
 	ctx, stop := context.WithCancel(context.Background())
-	ready := make(chan *servingEdge, 1)
+	ready := make(chan *Service, 1)
 	go func() {
 		env.done <- serve(ctx, s, log, serveLoop{
 			load: func() (*config.Settings, error) {
@@ -83,7 +83,7 @@ func (env *reloadEnv) start(t *testing.T, log *zap.Logger) {
 			},
 			reload: env.hup,
 			notify: sdnotify.New(func(string) string { return socket }),
-			ready:  func(e *servingEdge) { ready <- e },
+			ready:  func(e *Service) { ready <- e },
 		})
 	}()
 	t.Cleanup(func() {

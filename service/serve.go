@@ -51,7 +51,7 @@ type serveLoop struct {
 	upgrades chan *upgradeRequest
 	// ready, if set, runs once the edge serves (tests reach the edge
 	// through it).
-	ready func(*servingEdge)
+	ready func(*Service)
 }
 
 // statusInterval is how often the STATUS= line for systemd is refreshed.
@@ -83,7 +83,7 @@ func serve(ctx context.Context, s *config.Settings, log *zap.Logger, loop serveL
 		ln, err := loop.sockets.listenUnix(s.ControlSocket)
 		if err != nil {
 			notify(sdnotify.Status("start failed: %v", err))
-			e.shutdown()
+			e.Shutdown()
 			return err
 		}
 		control = serveControl(ln, log.Named("control"), loop.upgrades)
@@ -137,7 +137,7 @@ func serve(ctx context.Context, s *config.Settings, log *zap.Logger, loop serveL
 		case <-loop.reload:
 			log.Info("reloading the configuration")
 			notify(append(sdnotify.Reloading(), sdnotify.Status("reloading the configuration"))...)
-			changed, err := e.reload(loop.load)
+			changed, err := e.Reload(loop.load)
 			if err != nil {
 				log.Error("reload refused; the configuration in force stays", zap.Error(err))
 				notify("READY=1", sdnotify.Status("reload refused, previous configuration kept: %v", err))
@@ -152,7 +152,7 @@ func serve(ctx context.Context, s *config.Settings, log *zap.Logger, loop serveL
 }
 
 // status is the STATUS= summary of a serving edge.
-func (e *servingEdge) status(restart []string) string {
+func (e *Service) status(restart []string) string {
 	snap := e.edge.Snapshot()
 	line := fmt.Sprintf("serving %s: %d connections", e.cfg.Domain, snap.ActiveSessions+snap.Pending)
 	if len(restart) > 0 {
@@ -188,12 +188,12 @@ func instanceConfigFrom(s *config.Settings) (instanceConfig, error) {
 		},
 		HTTPAddr:  httpAddr,
 		HTTPSPort: s.HTTPSPort(),
-		Backends: func(dial func(context.Context, string, string) (net.Conn, error)) (edge.Backends, error) {
-			imapB, err := mail.NewBackend(backendConfig(s.IMAPBackend, mail.IMAP, s, dial))
+		Backends: func() (edge.Backends, error) {
+			imapB, err := mail.NewBackend(backendConfig(s.IMAPBackend, mail.IMAP, s))
 			if err != nil {
 				return edge.Backends{}, fmt.Errorf("[imap]: %w", err)
 			}
-			smtpB, err := mail.NewBackend(backendConfig(s.SMTPBackend, mail.SMTP, s, dial))
+			smtpB, err := mail.NewBackend(backendConfig(s.SMTPBackend, mail.SMTP, s))
 			if err != nil {
 				return edge.Backends{}, fmt.Errorf("[smtp]: %w", err)
 			}
@@ -225,9 +225,9 @@ func edgeLimitsFrom(s *config.Settings) edge.Limits {
 	}
 }
 
-func backendConfig(b config.BackendSettings, p mail.Protocol, s *config.Settings, dial func(context.Context, string, string) (net.Conn, error)) mail.BackendConfig {
+func backendConfig(b config.BackendSettings, p mail.Protocol, s *config.Settings) mail.BackendConfig {
 	return mail.BackendConfig{
 		Protocol: p, Mode: mail.Mode(b.Mode), Address: b.Address,
-		DialTimeout: s.BackendTimeout, TLSServerName: s.MailDomain, Dial: dial,
+		DialTimeout: s.BackendTimeout, TLSServerName: s.MailDomain,
 	}
 }

@@ -71,7 +71,7 @@ func (in *instance) buildWeb(wc web.Config, backends edge.Backends) (*webServing
 		Started:       in.started,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", config.ErrConfig, err)
+		return nil, fmt.Errorf("%w: %w", config.ErrConfig, err)
 	}
 	ws := &webServing{srv: srv, https: srv.Handler(), redirect: srv.RedirectHandler(), admin: srv.AdminHandler(), retired: make(chan struct{})}
 	if in.cfg.WrapHTTP != nil {
@@ -115,7 +115,9 @@ func (in *instance) startWeb(backends edge.Backends) error {
 	current := func(h func(*webServing) http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { h(in.webNow.Load()).ServeHTTP(w, r) })
 	}
-	in.https = web.NewHTTPServer(current(func(ws *webServing) http.Handler { return ws.https }), in.log, in.edge.HTTPConnState, in.cfg.HTTPLimits)
+	https := in.cfg.HTTPLimits
+	https.ConnID = in.edge.HTTPConnID // the edge's connection id in the requests' log lines
+	in.https = web.NewHTTPServer(current(func(ws *webServing) http.Handler { return ws.https }), in.log, in.edge.HTTPConnState, https)
 	in.serve(in.https, in.edge.HTTPListener())
 	if in.httpLn != nil {
 		in.http = web.NewHTTPServer(current(func(ws *webServing) http.Handler { return ws.redirect }), in.log, nil, in.cfg.HTTPLimits)
@@ -313,8 +315,8 @@ func (p *metadataPublisher) State() web.MetadataFileState {
 }
 
 // httpLimits are the web servers' timeouts.
-func httpLimitsFrom(s *config.Settings) web.ServerLimits {
-	return web.ServerLimits{HeaderTimeout: s.HeaderTimeout, SendTimeout: s.SendTimeout}
+func httpLimitsFrom(s *config.Settings) web.ServerConfig {
+	return web.ServerConfig{HeaderTimeout: s.HeaderTimeout, SendTimeout: s.SendTimeout}
 }
 
 func webConfigFrom(s *config.Settings) web.Config {

@@ -2,6 +2,7 @@ package web
 
 import (
 	"bufio"
+	"context"
 	"crypto/tls"
 	"net"
 	"net/http"
@@ -28,15 +29,34 @@ const (
 	writeChunk = 32 << 10
 )
 
-// ServerLimits are the timeouts of an HTTP server of ours. Zero values
-// take the defaults.
-type ServerLimits struct {
+// ServerConfig configures an HTTP server of ours. Zero values take the
+// defaults.
+type ServerConfig struct {
 	// HeaderTimeout bounds reading a request's headers (and net/http's own
 	// TLS handshake on the admin listener). Default 10s.
 	HeaderTimeout time.Duration
 	// SendTimeout is the longest wait for the client to take the next part
 	// of a response (nginx's send_timeout). Default 60s.
 	SendTimeout time.Duration
+	// ConnID, if set, gives the edge's id of a connection it handed over,
+	// so that the requests' log lines carry it as the edge's do ("conn").
+	ConnID func(net.Conn) (uint64, bool)
+}
+
+type connIDKey struct{}
+
+// ConnID is the edge's id of the connection r came on, if it has one.
+func ConnID(r *http.Request) (uint64, bool) {
+	id, ok := r.Context().Value(connIDKey{}).(uint64)
+	return id, ok
+}
+
+// requestLog is log with the request's connection id.
+func requestLog(log *zap.Logger, r *http.Request) *zap.Logger {
+	if id, ok := ConnID(r); ok {
+		return log.With(zap.Uint64("conn", id))
+	}
+	return log
 }
 
 // writeLimits are the bounds of a server's responses; tests shorten them.
@@ -51,11 +71,20 @@ type writeLimits struct {
 // There is no overall read or write timeout, since /mxdeliv bodies, large
 // files and /relay WebSockets are long: request bodies have their own idle
 // deadline (upstream.go), responses the write limits above.
-func NewHTTPServer(h http.Handler, log *zap.Logger, connState func(net.Conn, http.ConnState), sl ServerLimits) *http.Server {
-	if sl.SendTimeout <= 0 {
-		sl.SendTimeout = responseStallTimeout
+func NewHTTPServer(h http.Handler, log *zap.Logger, connState func(net.Conn, http.ConnState), sc ServerConfig) *http.Server {
+	if sc.SendTimeout <= 0 {
+		sc.SendTimeout = responseStallTimeout
 	}
-	return newHTTPServer(h, log, connState, writeLimits{stall: sl.SendTimeout, max: maxResponseDuration}, sl.HeaderTimeout)
+	srv := newHTTPServer(h, log, connState, writeLimits{stall: sc.SendTimeout, max: maxResponseDuration}, sc.HeaderTimeout)
+	if sc.ConnID != nil {
+		srv.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
+			if id, ok := sc.ConnID(c); ok {
+				return context.WithValue(ctx, connIDKey{}, id)
+			}
+			return ctx
+		}
+	}
+	return srv
 }
 
 func newHTTPServer(h http.Handler, log *zap.Logger, connState func(net.Conn, http.ConnState), limits writeLimits, headerTimeout time.Duration) *http.Server {

@@ -89,7 +89,7 @@ func (s *Server) newAccount(w http.ResponseWriter, r *http.Request) {
 	}
 	email, password, err := n.create()
 	if err != nil {
-		n.log.Error("account creation failed", zap.Error(err))
+		requestLog(n.log, r).Error("account creation failed", zap.Error(err))
 		http.Error(w, "account creation failed", http.StatusInternalServerError)
 		return
 	}
@@ -138,14 +138,14 @@ func (n *newAccounts) runCGI(w http.ResponseWriter, r *http.Request) {
 	select {
 	case <-done:
 	case <-timer.C:
-		n.log.Error("account script did not answer in time", zap.String("script", n.cgi.Path), zap.Duration("timeout", n.timeout))
+		requestLog(n.log, r).Error("account script did not answer in time", zap.String("script", n.cgi.Path), zap.Duration("timeout", n.timeout))
 		http.Error(w, "account creation timed out", http.StatusGatewayTimeout)
 		return
 	case <-r.Context().Done():
 		return
 	}
 	if rec.overflow {
-		n.log.Error("account script answered too much", zap.String("script", n.cgi.Path))
+		requestLog(n.log, r).Error("account script answered too much", zap.String("script", n.cgi.Path))
 		http.Error(w, "account creation failed", http.StatusInternalServerError)
 		return
 	}
@@ -153,13 +153,13 @@ func (n *newAccounts) runCGI(w http.ResponseWriter, r *http.Request) {
 		// nginx answers an upstream's invalid status line so.
 		// net/http/cgi gives up without a word on a "Status:" line that
 		// does not start with three digits.
-		n.log.Error("account script answered an invalid status", zap.String("script", n.cgi.Path), zap.Int("status", rec.badStatus))
+		requestLog(n.log, r).Error("account script answered an invalid status", zap.String("script", n.cgi.Path), zap.Int("status", rec.badStatus))
 		http.Error(w, "account creation failed", http.StatusBadGateway)
 		return
 	}
 	if err := copyScriptHeader(w.Header(), rec.Header()); err != nil {
 		// nginx answers an upstream's invalid header so.
-		n.log.Error("account script answered an invalid header", zap.String("script", n.cgi.Path), zap.Error(err))
+		requestLog(n.log, r).Error("account script answered an invalid header", zap.String("script", n.cgi.Path), zap.Error(err))
 		http.Error(w, "account creation failed", http.StatusBadGateway)
 		return
 	}

@@ -102,7 +102,7 @@ func (s *Server) adminStatus(w http.ResponseWriter, r *http.Request) {
 func (s *Server) renderStatus(w http.ResponseWriter, r *http.Request, page statusPage) {
 	var buf bytes.Buffer
 	if err := s.status.Execute(&buf, page); err != nil {
-		s.log.Error("render the status page", zap.Error(err))
+		requestLog(s.log, r).Error("render the status page", zap.Error(err))
 		http.Error(w, "status page unavailable", http.StatusInternalServerError)
 		return
 	}

@@ -128,7 +128,7 @@ func (u *upstream) fail(w http.ResponseWriter, r *http.Request, err error) {
 		return // the client left; nobody reads the answer
 	}
 	u.errors.Add(1)
-	u.log.Warn("upstream unavailable", zap.String("target", u.target.Host), zap.String("path", r.URL.Path), zap.Error(err))
+	requestLog(u.log, r).Warn("upstream unavailable", zap.String("target", u.target.Host), zap.String("path", r.URL.Path), zap.Error(err))
 	http.Error(w, "502 bad gateway: "+u.name+" is not available", http.StatusBadGateway)
 }
 

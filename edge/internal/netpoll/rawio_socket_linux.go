@@ -1,6 +1,6 @@
 //go:build linux
 
-package edge
+package netpoll
 
 import (
 	"net/netip"
@@ -11,22 +11,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// rawSocketIO: every read and write of a tcpConn goes through readFD and
-// writeFD.
-const rawSocketIO = true
-
-// hasData reports whether bytes (or the end of stream) are waiting to be
-// read, without consuming them or blocking: recv(2) with MSG_PEEK|MSG_DONTWAIT.
-func (c *tcpConn) hasData() bool {
-	var b [1]byte
-	var n uintptr
-	var errno unix.Errno
-	err := c.raw.Read(func(fd uintptr) bool {
-		n, _, errno = unix.Syscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1, unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
-		return true
-	})
-	return err == nil && errno == 0 && n <= 1
-}
+// RawIO: the edge's socket reads and writes go through Read and Write on
+// the non-blocking socket.
+const RawIO = true
 
 // rawIO makes a read(2) or write(2) on a non-blocking socket without the
 // runtime's bookkeeping for blocking system calls. Such a call never waits,
@@ -52,22 +39,22 @@ func rawIO(trap, fd uintptr, p []byte) (int, error) {
 	}
 }
 
-// shutdownWrite is shutdown(2) of the sending side, made like rawIO.
-func shutdownWrite(fd uintptr) error {
+// ShutdownWrite is shutdown(2) of the sending side, made like rawIO.
+func ShutdownWrite(fd uintptr) error {
 	if _, _, errno := syscall.RawSyscall(unix.SYS_SHUTDOWN, fd, unix.SHUT_WR, 0); errno != 0 {
 		return os.NewSyscallError("shutdown", errno)
 	}
 	return nil
 }
 
-// connectEarly is a net.Dialer Control hook that makes the connect(2)
+// ConnectEarly is a net.Dialer Control hook that makes the connect(2)
 // itself, without the runtime's bookkeeping for blocking calls (see rawIO):
 // on loopback the kernel runs the whole TCP handshake, the listener's side
 // included, within this call. The dialer's own connect then reports the
 // socket connected (0, or EISCONN, both success to it) and does not wait for
 // it to turn writable; a handshake still in flight gives EALREADY, and the
 // dialer waits as usual.
-func connectEarly(network, address string, c syscall.RawConn) error {
+func ConnectEarly(network, address string, c syscall.RawConn) error {
 	ap, err := netip.ParseAddrPort(address)
 	if err != nil || ap.Addr().Zone() != "" {
 		return nil // leave anything unusual to the dialer

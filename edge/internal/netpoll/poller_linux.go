@@ -1,6 +1,6 @@
 //go:build linux
 
-package edge
+package netpoll
 
 import (
 	"fmt"
@@ -17,7 +17,7 @@ import (
 // Each registration is one-shot (EPOLLONESHOT): after an event fires, nothing
 // more is delivered for that socket until the owner re-arms it. So at most one
 // goroutine ever works on a socket's reads, without any lock.
-type poller struct {
+type Poller struct {
 	epfd   int
 	wakefd int // eventfd that stops the wait loop on close
 
@@ -50,7 +50,7 @@ const pollEvents = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT
 
 const wakeToken = ^uint64(0)
 
-func newPoller(run func(func())) (*poller, error) {
+func New(run func(func())) (*Poller, error) {
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, fmt.Errorf("create epoll set: %w", err)
@@ -73,7 +73,7 @@ func newPoller(run func(func())) (*poller, error) {
 		unix.Close(wakefd)
 		return nil, fmt.Errorf("make the epoll set nonblocking: %w", err)
 	}
-	p := &poller{epfd: epfd, wakefd: wakefd, epFile: os.NewFile(uintptr(epfd), "edge-epoll"), run: run}
+	p := &Poller{epfd: epfd, wakefd: wakefd, epFile: os.NewFile(uintptr(epfd), "edge-epoll"), run: run}
 	rc, err := p.epFile.SyscallConn()
 	if err != nil {
 		p.epFile.Close()
@@ -86,11 +86,11 @@ func newPoller(run func(func())) (*poller, error) {
 
 // add registers fd; target runs (through run) once fd is readable (or
 // hung up). The registration is disarmed after that until rearm is called.
-func (p *poller) add(fd int, target func()) (pollToken, error) {
+func (p *Poller) add(fd int, target func()) (pollToken, error) {
 	p.mu.Lock()
 	if p.done {
 		p.mu.Unlock()
-		return 0, errPollerClosed
+		return 0, ErrClosed
 	}
 	var idx uint32
 	if n := len(p.free); n > 0 {
@@ -115,7 +115,7 @@ func (p *poller) add(fd int, target func()) (pollToken, error) {
 }
 
 // rearm asks for one more readiness event on fd.
-func (p *poller) rearm(fd int, tok pollToken) error {
+func (p *Poller) rearm(fd int, tok pollToken) error {
 	ev := unix.EpollEvent{Events: pollEvents}
 	setEventData(&ev, uint64(tok))
 	if err := unix.EpollCtl(p.epfd, unix.EPOLL_CTL_MOD, fd, &ev); err != nil {
@@ -129,14 +129,14 @@ func (p *poller) rearm(fd int, tok pollToken) error {
 // takes it out of every epoll set (epoll(7), Q6), and an event already in
 // flight for tok, or one from a descriptor that a forked child still holds
 // for a moment, is dropped by the generation check.
-func (p *poller) forget(tok pollToken) {
+func (p *Poller) forget(tok pollToken) {
 	p.release(tok)
 }
 
 // retarget makes a disarmed registration (its one event has fired and it
 // has not been re-armed since) run target on its next event, so that a
 // socket keeps one registration from its first byte to its close.
-func (p *poller) retarget(tok pollToken, target func()) {
+func (p *Poller) retarget(tok pollToken, target func()) {
 	idx, gen := uint32(tok), uint32(tok>>32)
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -145,7 +145,7 @@ func (p *poller) retarget(tok pollToken, target func()) {
 	}
 }
 
-func (p *poller) release(tok pollToken) {
+func (p *Poller) release(tok pollToken) {
 	idx, gen := uint32(tok), uint32(tok>>32)
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -156,7 +156,7 @@ func (p *poller) release(tok pollToken) {
 	p.free = append(p.free, idx)
 }
 
-func (p *poller) lookup(tok uint64) func() {
+func (p *Poller) lookup(tok uint64) func() {
 	idx, gen := uint32(tok), uint32(tok>>32)
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -166,7 +166,7 @@ func (p *poller) lookup(tok uint64) func() {
 	return p.slots[idx].target
 }
 
-func (p *poller) loop(rc syscallConn) {
+func (p *Poller) loop(rc syscallConn) {
 	events := make([]unix.EpollEvent, 256)
 	for {
 		var n int
@@ -204,7 +204,7 @@ type syscallConn interface {
 }
 
 // close stops the wait loop. Registered targets are not called any more.
-func (p *poller) close() {
+func (p *Poller) close() {
 	p.mu.Lock()
 	if p.done {
 		p.mu.Unlock()
@@ -226,4 +226,11 @@ func setEventData(ev *unix.EpollEvent, v uint64) {
 
 func eventData(ev *unix.EpollEvent) uint64 {
 	return uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32
+}
+
+// Registered is the number of registrations in use.
+func (p *Poller) Registered() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.slots) - len(p.free)
 }

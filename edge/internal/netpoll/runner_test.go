@@ -1,4 +1,4 @@
-package edge
+package netpoll
 
 import (
 	"sync"
@@ -8,7 +8,7 @@ import (
 )
 
 func TestRunner(t *testing.T) {
-	r := newRunner()
+	r := NewRunner()
 
 	// No task waits for another: 3x the idle bound of tasks that all block
 	// until every one of them has started.
@@ -18,7 +18,7 @@ func TestRunner(t *testing.T) {
 	var wg sync.WaitGroup
 	wg.Add(n)
 	for range n {
-		r.do(func() {
+		r.Do(func() {
 			defer wg.Done()
 			started.Add(1)
 			<-release
@@ -31,14 +31,26 @@ func TestRunner(t *testing.T) {
 	// The goroutines that stay are bounded, and they take the next tasks.
 	waitFor(t, 10*time.Second, "the idle goroutines settled", func() bool { return r.idle.Load() == maxIdleRunners })
 	done := make(chan struct{})
-	r.do(func() { close(done) })
+	r.Do(func() { close(done) })
 	<-done
 	waitFor(t, 10*time.Second, "the goroutine back to waiting", func() bool { return r.idle.Load() == maxIdleRunners })
 
 	// close lets them go; later tasks still run.
-	r.close()
+	r.Close()
 	waitFor(t, 10*time.Second, "no idle goroutine after close", func() bool { return r.idle.Load() == 0 })
 	ran := make(chan struct{})
-	r.do(func() { close(ran) })
+	r.Do(func() { close(ran) })
 	<-ran
+}
+
+// waitFor polls cond until it holds, failing the test after d.
+func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
 }

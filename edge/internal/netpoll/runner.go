@@ -1,4 +1,4 @@
-package edge
+package netpoll
 
 import "sync/atomic"
 
@@ -6,24 +6,24 @@ import "sync/atomic"
 // the number of pump turns and backend dials in flight at once on a busy edge.
 const maxIdleRunners = 128
 
-// runner runs the short tasks of a connection's life (a pump's turn after the
+// Runner runs the short tasks of a connection's life (a pump's turn after the
 // poller saw data, the dial to the backend) on goroutines that outlive them.
 // A new goroutine starts on the smallest stack, and a TLS read or a dial
 // grows it by copying two or three times, which on a short turn costs more
 // than the turn's own work; a goroutine that stays keeps its stack. A task
 // never waits for one: without an idle goroutine it gets a new one.
-type runner struct {
+type Runner struct {
 	tasks chan func()
 	idle  atomic.Int32 // goroutines waiting in tasks, or about to
 	stop  chan struct{}
 }
 
-func newRunner() *runner {
-	return &runner{tasks: make(chan func()), stop: make(chan struct{})}
+func NewRunner() *Runner {
+	return &Runner{tasks: make(chan func()), stop: make(chan struct{})}
 }
 
-// do runs task on an idle goroutine if one is waiting, else on a new one.
-func (r *runner) do(task func()) {
+// Do runs task on an idle goroutine if one is waiting, else on a new one.
+func (r *Runner) Do(task func()) {
 	select {
 	case r.tasks <- task:
 	default:
@@ -31,7 +31,7 @@ func (r *runner) do(task func()) {
 	}
 }
 
-func (r *runner) loop(task func()) {
+func (r *Runner) loop(task func()) {
 	for {
 		task()
 		task = nil // let it go while waiting
@@ -49,6 +49,6 @@ func (r *runner) loop(task func()) {
 	}
 }
 
-// close lets the idle goroutines go; tasks handed in later still run, each
+// Close lets the idle goroutines go; tasks handed in later still run, each
 // on a goroutine that ends with it.
-func (r *runner) close() { close(r.stop) }
+func (r *Runner) Close() { close(r.stop) }

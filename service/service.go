@@ -1,0 +1,116 @@
+// Package service is the running edge: Start brings up the edge, the web
+// servers, the certificates and the ECH keys from the settings; Reload
+// applies a changed configuration; Shutdown (and the drain of a restart or
+// an upgrade, handoff.go) ends it without cutting anything. Run is `serve`
+// as systemd runs it, RunDemo the demo: the same edge with the in-process
+// mail delivery.
+package service
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"chatmail-edge/acme"
+	"chatmail-edge/config"
+)
+
+// Service is the running edge of `serve`: the instance (edge, web servers,
+// ECH keys) and its certificates.
+type Service struct {
+	*instance
+	log      *zap.Logger
+	certsNow atomic.Pointer[certs] // a reload may replace them (see reload.go)
+	// startSettings are the settings the edge started with; a reload
+	// compares what only a restart can change with them.
+	startSettings *config.Settings
+
+	reloadMu sync.Mutex // one reload at a time, none once shutdown began
+	stopping bool       // guarded by reloadMu
+	// drainFor is [edge] drain_timeout as last loaded (reload applies it);
+	// guarded by reloadMu.
+	drainFor time.Duration
+}
+
+// drainTimeout is [edge] drain_timeout in force.
+func (e *Service) drainTimeout() time.Duration {
+	e.reloadMu.Lock()
+	defer e.reloadMu.Unlock()
+	return e.drainFor
+}
+
+// Start starts serve's edge from the settings: listeners, web servers, ECH
+// keys and certificates. It returns once the edge accepts and holds a
+// certificate for the mail domain.
+func Start(ctx context.Context, s *config.Settings, log *zap.Logger) (*Service, error) {
+	return startServe(ctx, s, log, nil, nil)
+}
+
+// startServe is Start with its test hooks: listen, if set, opens the
+// listeners (handoff.go); onListening runs between the listeners and the
+// certificates (tests start their ACME server there, on the ports the
+// edge got).
+func startServe(ctx context.Context, s *config.Settings, log *zap.Logger, listen func(name, addr string) (*net.TCPListener, error), onListening func(*instance) error) (*Service, error) {
+	if note, err := s.FitOpenFileLimit(openFileLimit()); err != nil {
+		return nil, err
+	} else if note != "" {
+		log.Warn(note)
+	}
+	c, err := newCerts(s, log)
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := instanceConfigFrom(s)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Listen = listen
+	e := &Service{log: log, startSettings: s, drainFor: s.DrainTimeout}
+	e.certsNow.Store(c)
+	// Handshakes and the status page ask the certificates in use. The ACME
+	// manager (and with it the HTTP-01 handler) is never replaced: a change
+	// of the certificate source needs a restart.
+	cfg.GetCert = func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) { return e.certs().getCert(hello) }
+	cfg.WrapHTTP, cfg.Certs = c.wrapHTTP, e
+	in, err := startInstance(cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	e.instance = in
+	if onListening != nil {
+		if err := onListening(in); err != nil {
+			in.shutdown()
+			return nil, err
+		}
+	}
+	if err := c.start(ctx, in); err != nil {
+		in.shutdown()
+		return nil, fmt.Errorf("certificates: %w", err)
+	}
+	return e, nil
+}
+
+// certs are the certificates in use.
+func (e *Service) certs() *certs { return e.certsNow.Load() }
+
+// Status is for the status page.
+func (e *Service) Status() []acme.CertStatus { return e.certs().Status() }
+
+func (e *Service) Shutdown() { e.drain(0, drainStop) }
+
+// drain refuses reloads from now on, stops the certificates (a process
+// that replaces this one renews them) and drains the instance for up to
+// timeout.
+func (e *Service) drain(timeout time.Duration, kind drainKind) {
+	e.reloadMu.Lock()
+	e.stopping = true
+	e.reloadMu.Unlock()
+	e.certs().stop()
+	e.instance.drain(timeout, kind)
+}
