@@ -11,7 +11,7 @@ import (
 // TestConfigDocIsCurrent keeps docs/CONFIG.md equal to `config describe`.
 // Run `go run . config describe > docs/CONFIG.md.part` and paste it after a change.
 func TestConfigDocIsCurrent(t *testing.T) {
-	doc, err := os.ReadFile("docs/CONFIG.md")
+	doc, err := os.ReadFile("../docs/CONFIG.md")
 	if err != nil {
 		t.Fatal(err)
 	}

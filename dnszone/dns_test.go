@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/pem"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -444,13 +445,19 @@ func runDNS(args []string, stdout, stderr io.Writer) int {
 		s.Certs.CA, s.Certs.CARoot = *ca, *caRoot
 	}
 	zone, err := Build(s, o)
+	if errors.Is(err, ErrNoName) {
+		fmt.Fprintf(stdout, "; mail_domain %s: %v.\n", s.MailDomain, err)
+		return 0
+	}
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
 	switch {
 	case *check:
-		if zone.Check(context.Background(), stdout, *resolver) > 0 {
+		fmt.Fprintf(stdout, "; DNS records for %s as %s answers\n", zone.Domain, *resolver)
+		if n := zone.Check(context.Background(), stdout, *resolver); n > 0 {
+			fmt.Fprintf(stdout, "; %d required record(s) missing or wrong\n", n)
 			return 1
 		}
 	case *zonefile:

@@ -148,7 +148,7 @@ func TestMetricsOnAdminOnly(t *testing.T) {
 			t.Errorf("metrics lack %s", want)
 		}
 	}
-	rules, err := os.ReadFile("docs/prometheus-alerts.yml")
+	rules, err := os.ReadFile("../docs/prometheus-alerts.yml")
 	if err != nil {
 		t.Fatal(err)
 	}
