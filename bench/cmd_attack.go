@@ -226,6 +226,13 @@ func describedKeys(text string) map[string]bool {
 func attackEdgeLines(known map[string]bool, imapsPort int, lim edgeLimits) (lines, notes []string) {
 	lines = []string{fmt.Sprintf("imaps = 127.0.0.1:%d", imapsPort)}
 	notes = []string{fmt.Sprintf("edge: max_connections = %d", lim.MaxConnections)}
+	if known["edge.drain_timeout"] {
+		// An upgrade's old process keeps its sessions untouched for half of
+		// drain_timeout, then says goodbye to them: at 60 s the whole
+		// measured window after the upgrade lies in the untouched half.
+		lines = append(lines, "drain_timeout = 60s")
+		notes = append(notes, "edge: drain_timeout = 60s (sessions untouched for 30 s after an upgrade)")
+	}
 	for _, kv := range []struct {
 		key   string
 		value int
