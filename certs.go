@@ -38,10 +38,13 @@ type certSettings struct {
 	ExportCert       string
 	ExportKey        string
 	Reload           [][]string
+	NewKey           string
 
-	// Retry is not a configuration key: the default (1 minute doubling to
-	// 1 hour) suits a relay; tests shorten it.
-	Retry acme.Backoff
+	// Retry and RenewCheck are not configuration keys: the defaults (1
+	// minute doubling to 1 hour; certmagic's 10 minutes) suit a relay;
+	// tests shorten them.
+	Retry      acme.Backoff
+	RenewCheck time.Duration
 }
 
 const mailDomainPlaceholder = "<mail_domain>"
@@ -97,55 +100,41 @@ var certOptions = []option{
 			}
 			return nil
 		}},
+	{"acme", "new_key", "", "Renewals keep each certificate's private key, also across restarts and the takeover from acmetool: Delta Chat pins the key of a certificate it verified and then accepts even an expired certificate with that key (core src/net/tls/spki.rs), a safety net a new key takes from every client that pinned the old one. A new value (true, or a label such as a date) makes each name's next renewal use a new key, once per value: the value done is kept with the certificates, so leaving it set makes no more new keys. Empty or false: keep the keys. Applied at a restart.",
+		str(func(s *settings) *string { return &s.Certs.NewKey })},
 }
 
-// certMode is chatmail's TLS mode (chatmaild config.py): external when the
-// operator gives the files, self for a domain no public CA certifies, acme
-// otherwise.
-func (s *settings) certMode() string {
-	switch {
-	case s.TLSCert != "":
-		return "external"
-	case acme.IsSelfSignedDomain(s.MailDomain):
-		return "self"
+// certMode is chatmail's TLS mode (chatmaild config.py, acme.SourceConfig.Mode).
+func (s *settings) certMode() string { return s.certSource().Mode() }
+
+// certSource is the certificate source's part of the settings.
+func (s *settings) certSource() acme.SourceConfig {
+	return acme.SourceConfig{
+		Domain:       s.MailDomain,
+		ExternalCert: s.TLSCert, ExternalKey: s.TLSKey, CheckInterval: s.Certs.CheckInterval,
+		SelfCert: s.Certs.SelfCert, SelfKey: s.Certs.SelfKey,
+		ACME: s.acmeConfig(),
 	}
-	return "acme"
 }
 
 // certs is the edge's certificate source in one of chatmail's modes.
 type certs struct {
-	mode    string
-	source  interface{ Status() []acme.CertStatus }
-	getCert func(*tls.ClientHelloInfo) (*tls.Certificate, error)
+	acme.Source
+	mode string
+	// reload.go asks the ACME manager to recheck and replaces the other
+	// sources; tests wait for the watched files.
 	manager *acme.Manager // acme mode
 	watched *acme.Watched // external mode
 }
 
 func newCerts(s *settings, log *zap.Logger) (*certs, error) {
-	c := &certs{mode: s.certMode()}
-	switch c.mode {
-	case "external":
-		w, err := acme.WatchFiles(s.TLSCert, s.TLSKey, s.Certs.CheckInterval, log.Named("tls"))
-		if err != nil {
-			return nil, fmt.Errorf("%w: %v", errConfig, err)
-		}
-		c.watched, c.source, c.getCert = w, w, w.GetCertificate
-	case "self":
-		st, created, err := acme.SelfSigned(s.MailDomain, s.Certs.SelfCert, s.Certs.SelfKey, time.Now())
-		if err != nil {
-			return nil, fmt.Errorf("%w: %v", errConfig, err)
-		}
-		if created {
-			log.Info("created the self-signed certificate", zap.String("cert", s.Certs.SelfCert), zap.String("key", s.Certs.SelfKey))
-		}
-		c.source, c.getCert = st, st.GetCertificate
-	default:
-		m, err := acme.NewManager(s.acmeConfig(), log.Named("acme"))
-		if err != nil {
-			return nil, fmt.Errorf("%w: %v", errConfig, err)
-		}
-		c.manager, c.source, c.getCert = m, m, m.GetCertificate
+	src, err := acme.NewSource(s.certSource(), log)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", errConfig, err)
 	}
+	c := &certs{Source: src, mode: src.Mode()}
+	c.manager, _ = src.(*acme.Manager)
+	c.watched, _ = src.(*acme.Watched)
 	return c, nil
 }
 
@@ -167,7 +156,8 @@ func (s *settings) acmeConfig() acme.Config {
 		ExportCert:  strings.ReplaceAll(s.Certs.ExportCert, mailDomainPlaceholder, s.MailDomain),
 		ExportKey:   strings.ReplaceAll(s.Certs.ExportKey, mailDomainPlaceholder, s.MailDomain),
 		Reload:      s.Certs.Reload,
-		Retry:       s.Certs.Retry, ExportRetry: s.Certs.Retry,
+		NewKey:      s.Certs.NewKey,
+		Retry:       s.Certs.Retry, ExportRetry: s.Certs.Retry, RenewCheck: s.Certs.RenewCheck,
 	}
 	if s.Certs.FallbackEABKeyID != "" || s.Certs.FallbackEABHMAC != "" {
 		cfg.FallbackEAB = &acme.EAB{KeyID: s.Certs.FallbackEABKeyID, MACKey: s.Certs.FallbackEABHMAC}
@@ -176,41 +166,18 @@ func (s *settings) acmeConfig() acme.Config {
 }
 
 // wrapHTTP answers ACME HTTP-01 challenges on the plain HTTP listener.
-func (c *certs) wrapHTTP(h http.Handler) http.Handler {
-	if c.manager == nil {
-		return h
-	}
-	return c.manager.HTTPHandler(h)
-}
+func (c *certs) wrapHTTP(h http.Handler) http.Handler { return c.HTTPHandler(h) }
 
-// start runs once the listeners accept: the CA validates through them. In
-// acme mode a first start without any certificate for the mail domain
-// waits for one, and fails if none can be had.
+// start runs once the listeners accept (acme.Source.Start).
 func (c *certs) start(ctx context.Context, in *instance) error {
-	switch {
-	case c.watched != nil:
-		c.watched.Start()
-	case c.manager != nil:
-		ln := acme.Listeners{HTTPS: in.edge.Addr("https")}
-		if in.httpLn != nil {
-			ln.HTTP = in.httpLn.Addr()
-		}
-		return c.manager.Start(ctx, ln)
+	ln := acme.Listeners{HTTPS: in.edge.Addr("https")}
+	if in.httpLn != nil {
+		ln.HTTP = in.httpLn.Addr()
 	}
-	return nil
+	return c.Start(ctx, ln)
 }
 
-func (c *certs) stop() {
-	if c.watched != nil {
-		c.watched.Stop()
-	}
-	if c.manager != nil {
-		c.manager.Stop()
-	}
-}
-
-// Status is for the status page.
-func (c *certs) Status() []acme.CertStatus { return c.source.Status() }
+func (c *certs) stop() { c.Stop() }
 
 // servingEdge is what serve runs: the instance and its certificates.
 type servingEdge struct {
@@ -258,7 +225,7 @@ func startServe(ctx context.Context, s *settings, log *zap.Logger, listen func(n
 	// Handshakes and the status page ask the certificates in use. The ACME
 	// manager (and with it the HTTP-01 handler) is never replaced: a change
 	// of the certificate source needs a restart.
-	cfg.GetCert = func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) { return e.certs().getCert(hello) }
+	cfg.GetCert = func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) { return e.certs().GetCertificate(hello) }
 	cfg.WrapHTTP, cfg.Certs = c.wrapHTTP, e
 	in, err := startInstance(cfg, log)
 	if err != nil {

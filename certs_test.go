@@ -114,6 +114,7 @@ func (env *serveEnv) start(t *testing.T, args ...string) *servingEdge {
 		t.Fatal(err)
 	}
 	s.Certs.Retry = acme.Backoff{Initial: 20 * time.Millisecond, Max: 200 * time.Millisecond}
+	s.Certs.RenewCheck = 200 * time.Millisecond
 	log := testZap(t)
 	names := []string{env.domain, "mta-sts." + env.domain, "www." + env.domain, env.publicName}
 	e, err := startServe(context.Background(), s, log, nil, func(in *instance) error {
