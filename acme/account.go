@@ -15,8 +15,6 @@ import (
 	"net/url"
 	"strings"
 
-	"chatmail-edge/internal/filelimit"
-
 	"github.com/caddyserver/certmagic"
 	acmeapi "github.com/mholt/acmez/v3/acme"
 	"go.uber.org/zap"
@@ -34,22 +32,34 @@ const zeroSSLEABEndpoint = "https://api.zerossl.com/acme/eab-credentials-email"
 // account is an ACME account that is registered and filed where certmagic
 // looks for it.
 type account struct {
+	acct     acmeapi.Account
 	keyPEM   []byte
 	location string
 }
 
+// accountLock serialises the making of the edge's account at a CA, also
+// across nodes on one storage.
+func accountLock(ik string) string { return "edge_account_" + ik }
+
 // ensureAccount returns the account at ca: the one the edge has, else
 // acmetool's (taken over so that the relay's CAA record, RFC 8659, with its
-// accounturi, RFC 8657 §3, stays true), else a new one. Registering is "newAccount" with the key
-// (RFC 8555 §7.3), which for a key the CA knows returns the existing
-// account's URL.
+// accounturi, RFC 8657 §3, stays true), else a new one. Registering is
+// "newAccount" with the key (RFC 8555 §7.3), which for a key the CA knows
+// returns the existing account's URL. certmagic calls it (through its
+// NewAccountFunc hook) the first time it needs an account at a CA, so the
+// fallback CA's account is only made when the first CA fails.
 func (m *Manager) ensureAccount(ctx context.Context, ca caConfig, client *http.Client) (*account, error) {
 	ik := issuerKey(ca.url)
-	keyPEM, key, _, err := m.accountKey(ca)
+	unlock, err := m.store.lock(ctx, accountLock(ik))
 	if err != nil {
 		return nil, err
 	}
-	info, err := m.store.loadAccountInfo(ik)
+	defer unlock()
+	keyPEM, key, _, err := m.accountKey(ctx, ca)
+	if err != nil {
+		return nil, err
+	}
+	info, err := m.store.loadAccountInfo(ctx, ik)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, err
 	}
@@ -65,28 +75,36 @@ func (m *Manager) ensureAccount(ctx context.Context, ca caConfig, client *http.C
 		if acct, err = m.register(ctx, ca, client, acct); err != nil {
 			return nil, err
 		}
-		if err := m.store.saveAccountInfo(ik, accountInfo{Location: acct.Location, Contact: acct.Contact}); err != nil {
+		if err := m.store.saveAccountInfo(ctx, ik, accountInfo{Location: acct.Location, Contact: acct.Contact}); err != nil {
 			return nil, fmt.Errorf("save ACME account: %w", err)
 		}
 		m.log.Info("ACME account ready", zap.String("ca", ca.url), zap.String("account", acct.Location))
 	}
-	if err := m.store.certmagicAccount(ctx, ik, m.cfg.Email, acct, keyPEM); err != nil {
+	if err := m.store.certmagicAccount(ctx, ik, m.certmagicEmail(), acct, keyPEM); err != nil {
 		return nil, err
 	}
-	return &account{keyPEM: keyPEM, location: acct.Location}, nil
+	return &account{acct: acct, keyPEM: keyPEM, location: acct.Location}, nil
+}
+
+// certmagicEmail is the address the issuers are given (see
+// certmagicNoEmail).
+func (m *Manager) certmagicEmail() string {
+	if m.cfg.Email == "" {
+		return certmagicNoEmail
+	}
+	return strings.ToLower(m.cfg.Email)
 }
 
 // accountKey loads the edge's key for ca, taking over acmetool's (from
-// names its file) or making one on first use. A key file that cannot be
-// used is an error naming it, never replaced.
-func (m *Manager) accountKey(ca caConfig) (keyPEM []byte, key crypto.Signer, from string, err error) {
+// names its file) or making one on first use. A key that cannot be used is
+// an error naming it, never replaced. The caller holds the account lock.
+func (m *Manager) accountKey(ctx context.Context, ca caConfig) (keyPEM []byte, key crypto.Signer, from string, err error) {
 	ik := issuerKey(ca.url)
-	file := m.store.accountKeyFile(ik)
-	keyPEM, err = filelimit.ReadFile(file, filelimit.Small)
+	keyPEM, err = m.store.s.Load(ctx, accountKeyKey(ik))
 	if err == nil {
 		key, err := certmagic.PEMDecodePrivateKey(keyPEM)
 		if err != nil {
-			return nil, nil, "", fmt.Errorf("ACME account key %s: %w", file, err)
+			return nil, nil, "", fmt.Errorf("ACME account key %s: %w", accountKeyKey(ik), err)
 		}
 		return keyPEM, key, "", nil
 	}
@@ -112,7 +130,7 @@ func (m *Manager) accountKey(ca caConfig) (keyPEM []byte, key crypto.Signer, fro
 		}
 		key = ec
 	}
-	if err := m.store.saveAccountKey(ik, keyPEM); err != nil {
+	if err := m.store.saveAccountKey(ctx, ik, keyPEM); err != nil {
 		return nil, nil, "", fmt.Errorf("save ACME account key: %w", err)
 	}
 	return keyPEM, key, from, nil
@@ -179,7 +197,7 @@ func fetchEmailEAB(ctx context.Context, client *http.Client, endpoint, email str
 // what a CAA record's accounturi names (RFC 8657 §3).
 func (m *Manager) AccountURL(ctx context.Context) (string, error) {
 	ca := m.cas[0]
-	if info, err := m.store.loadAccountInfo(issuerKey(ca.url)); err == nil && info.Location != "" {
+	if info, err := m.store.loadAccountInfo(ctx, issuerKey(ca.url)); err == nil && info.Location != "" {
 		return info.Location, nil
 	}
 	roots, _, err := m.roots()

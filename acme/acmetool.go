@@ -155,6 +155,21 @@ func (m *Manager) importAcmetoolCert(ctx context.Context) (*storedCert, error) {
 	if err := m.store.saveCert(ctx, m.cfg.Domain, ik, chainPEM(pair), live.keyPEM, data); err != nil {
 		return nil, fmt.Errorf("take over acmetool certificate: %w", err)
 	}
+	// The other names it covers get their own certificates later (certmagic
+	// keeps one name per certificate); filed beside them, acmetool's key is
+	// the one those certificates get (ReusePrivateKeys), so that every name
+	// keeps the key clients may have pinned.
+	for _, name := range m.names[1:] {
+		if pair.Leaf.VerifyHostname(name) != nil {
+			continue
+		}
+		if _, err := m.store.loadCert(ctx, name, m.issuerKeys()); !errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err := m.store.saveKey(ctx, name, ik, live.keyPEM); err != nil {
+			return nil, fmt.Errorf("take over acmetool certificate key: %w", err)
+		}
+	}
 	m.importedCert = live.certFile
 	m.log.Info("took over acmetool's certificate", zap.String("file", live.certFile),
 		zap.Strings("names", pair.Leaf.DNSNames), zap.Time("not_after", pair.Leaf.NotAfter))
@@ -180,10 +195,18 @@ func ImportAcmetool(cfg Config, log *zap.Logger) (Imported, error) {
 	if err != nil {
 		return imp, err
 	}
+	defer m.Stop()
 	imp.Certificate = m.importedCert
 	if err := m.states[m.cfg.Domain].lastErr; err != nil {
 		return imp, err
 	}
-	_, _, imp.AccountKey, err = m.accountKey(m.cas[0])
+	ctx := context.Background()
+	ik := issuerKey(m.cas[0].url)
+	unlock, err := m.store.lock(ctx, accountLock(ik))
+	if err != nil {
+		return imp, err
+	}
+	defer unlock()
+	_, _, imp.AccountKey, err = m.accountKey(ctx, m.cas[0])
 	return imp, err
 }

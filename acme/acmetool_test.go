@@ -51,7 +51,7 @@ func TestManagerTakesOverAcmetool(t *testing.T) {
 	if got, err := m.AccountURL(context.Background()); err != nil || got != accountURL {
 		t.Fatalf("AccountURL %q, %v; want %q", got, err, accountURL)
 	}
-	stored, err := os.ReadFile(m.store.accountKeyFile(issuerKey(p.URL)))
+	stored, err := m.store.s.Load(context.Background(), accountKeyKey(issuerKey(p.URL)))
 	if err != nil || !bytes.Equal(stored, relay.AccountKeyPEM) {
 		t.Fatalf("the edge's account key is not acmetool's: %v", err)
 	}
@@ -90,7 +90,7 @@ func TestManagerGarbledAcmetoolAccountKey(t *testing.T) {
 	if _, err := e.served(t, domain, relay.Roots); err != nil {
 		t.Fatalf("acmetool's certificate is not served: %v", err)
 	}
-	if _, err := os.Stat(m.store.accountKeyFile(issuerKey(p.URL))); !errors.Is(err, fs.ErrNotExist) {
+	if _, err := m.store.s.Load(context.Background(), accountKeyKey(issuerKey(p.URL))); !errors.Is(err, fs.ErrNotExist) {
 		t.Fatalf("an account key was made in place of acmetool's: %v", err)
 	}
 	if _, err := m.AccountURL(context.Background()); err == nil || !strings.Contains(err.Error(), keyFiles[0]) {

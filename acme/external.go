@@ -39,7 +39,7 @@ func WatchFiles(certFile, keyFile string, interval time.Duration, log *zap.Logge
 		return nil, err
 	}
 	w := &Watched{
-		Static: NewStatic(pair, "external"), certFile: certFile, keyFile: keyFile,
+		Static: NewStatic(pair, ModeExternal), certFile: certFile, keyFile: keyFile,
 		interval: interval, log: log, changed: make(chan struct{}, 1),
 	}
 	w.seen, _ = w.hash()
@@ -47,7 +47,7 @@ func WatchFiles(certFile, keyFile string, interval time.Duration, log *zap.Logge
 }
 
 // Start polls the files every interval until Stop.
-func (w *Watched) Start() {
+func (w *Watched) Start(context.Context, Listeners) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	w.cancel = cancel
 	w.wg.Go(func() {
@@ -62,7 +62,11 @@ func (w *Watched) Start() {
 			}
 		}
 	})
+	return nil
 }
+
+// Recheck reads the files now.
+func (w *Watched) Recheck() { w.Check() }
 
 func (w *Watched) Stop() {
 	if w.cancel != nil {

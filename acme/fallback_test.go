@@ -59,10 +59,7 @@ func TestManagerFallsBackToSecondCA(t *testing.T) {
 	}
 	// Once the first CA is back, the next renewal goes to it again.
 	primary.SetMode(acmetest.Up)
-	m.mu.Lock()
-	m.states[domain].due, m.states[domain].failures = time.Now(), 1
-	m.mu.Unlock()
-	m.poke()
+	renewNow(t, m, domain)
 	waitFor(t, 20*time.Second, "a certificate from the first CA", func() error {
 		_, err := e.served(t, domain, primary.Roots())
 		return err

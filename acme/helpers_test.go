@@ -2,8 +2,10 @@ package acme
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -117,6 +119,10 @@ func testLogger(t *testing.T) *zap.Logger {
 // fastRetry makes failed attempts come back quickly.
 var fastRetry = Backoff{Initial: 20 * time.Millisecond, Max: 200 * time.Millisecond}
 
+// fastCheck has certmagic look for renewals, and the Manager read the
+// storage, often enough for certificates that live seconds.
+const fastCheck = 100 * time.Millisecond
+
 // recordingCommand is a reload command that appends its arguments to a
 // file; with failFirst it fails the first n calls.
 func recordingCommand(t *testing.T, failFirst int) ([]string, func() []string) {
@@ -155,4 +161,46 @@ func pemChain(chain []*x509.Certificate) []byte {
 		out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
 	}
 	return out
+}
+
+// renewNow renews name at once, as certmagic does when a certificate is
+// due (RenewCertSync, forced: the certificate is fresh), and has m serve
+// the result.
+func renewNow(t *testing.T, m *Manager, name string) {
+	t.Helper()
+	if err := m.configFor(name).RenewCertSync(context.Background(), name, true); err != nil {
+		t.Fatalf("renew %s: %v", name, err)
+	}
+	m.pokeSync()
+}
+
+// spki is what Delta Chat pins of a certificate it verified: the hash of
+// its subject public key info (core src/net/tls/spki.rs).
+func spki(c *x509.Certificate) string {
+	sum := sha256.Sum256(c.RawSubjectPublicKeyInfo)
+	return hex.EncodeToString(sum[:])
+}
+
+// leafOf waits for name's certificate, verified with roots, at e.
+func leafOf(t *testing.T, e *testEdge, name string, roots *x509.CertPool) *x509.Certificate {
+	t.Helper()
+	return newLeaf(t, e, name, roots, nil)
+}
+
+// newLeaf waits until e serves name a certificate other than prev.
+func newLeaf(t *testing.T, e *testEdge, name string, roots *x509.CertPool, prev *x509.Certificate) *x509.Certificate {
+	t.Helper()
+	var leaf *x509.Certificate
+	waitFor(t, 30*time.Second, "a new certificate for "+name, func() error {
+		chain, err := e.served(t, name, roots)
+		if err != nil {
+			return err
+		}
+		if chain[0].Equal(prev) {
+			return errors.New("still the certificate before")
+		}
+		leaf = chain[0]
+		return leaf.VerifyHostname(name)
+	})
+	return leaf
 }

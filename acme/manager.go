@@ -56,9 +56,24 @@ type Config struct {
 	FallbackEAB *EAB
 	EABEndpoint string // "" is ZeroSSL's
 
-	StorageDir  string   // certmagic's storage, and the edge's copy of the accounts
+	// StorageDir is certmagic's FileStorage folder, used unless Storage
+	// names another certmagic.Storage. Nodes that share one storage share
+	// certificates, accounts and certmagic's locks: one of them orders or
+	// renews a name, every one serves the result.
+	StorageDir string
+	Storage    certmagic.Storage
+
 	Challenges  []string // ChallengeHTTP01, ChallengeTLSALPN01; empty is both
 	AcmetoolDir string   // acmetool's state folder to take over from; "" for none
+
+	// NewKey asks for new private keys: each name's next renewal after
+	// NewKey takes a new value makes a new key, once per value (the value
+	// done is kept in the storage). "" (or false, no, off, 0) keeps every
+	// key: renewals reuse a certificate's key, also across restarts and
+	// the takeover from acmetool, because Delta Chat pins the key of a
+	// certificate it verified and then accepts even an expired certificate
+	// with that key (core src/net/tls/spki.rs).
+	NewKey string
 
 	// ExportCert and ExportKey receive the mail domain's certificate chain
 	// and key whenever it changes; "" for no export. Reload runs after
@@ -66,8 +81,12 @@ type Config struct {
 	ExportCert, ExportKey string
 	Reload                [][]string
 
-	Retry       Backoff // after a failed order; zero is 1 minute doubling up to 1 hour
+	Retry       Backoff // after a failed order for a name without a certificate; zero is 1 minute doubling up to 1 hour
 	ExportRetry Backoff // after a failed export or reload command
+	// RenewCheck is how often certmagic looks for certificates to renew
+	// and the storage is read for certificates other nodes obtained or
+	// renewed; zero is certmagic's 10 minutes. Tests shorten it.
+	RenewCheck time.Duration
 }
 
 // EAB is an external account binding (RFC 8555 §7.3.4).
@@ -86,9 +105,13 @@ type Listeners struct {
 // answers challenges (GetCertificate for acme-tls/1, HTTPHandler for
 // HTTP-01) and exports the mail domain's certificate.
 //
-// certmagic is the ACME engine and storage; the Manager decides when to
-// obtain and renew (ARI, RFC 9773), with its own backoff, so that the
-// status page can say when the next attempt is and tests can run fast.
+// certmagic does the certificate work as it is meant to be driven: one
+// certmagic.Config with the CAs as Issuers in order, its storage and its
+// locks, ManageSync for a first start that must have a certificate,
+// ManageAsync for the certificates in storage, and its own maintenance
+// for renewals (ARI, RFC 9773, else a third of the lifetime left) and
+// their retries. Events (OnEvent) feed the status and the export. The
+// Manager schedules only what certmagic cannot do (schedule.go, sync.go).
 type Manager struct {
 	cfg   Config
 	log   *zap.Logger
@@ -97,19 +120,27 @@ type Manager struct {
 	cas   []caConfig
 	names []string // Domain first
 
-	served  atomic.Pointer[servedCerts]
-	engines []atomic.Pointer[caEngine] // by CA, once its account is ready
-	cache   *certmagic.Cache
-	listen  Listeners
+	served atomic.Pointer[servedCerts]
+	engine atomic.Pointer[engine] // from Start
+	cache  *certmagic.Cache       // from Start
+	listen Listeners
 
 	mu     sync.Mutex
 	states map[string]*nameState
+	// lent is the mail domain's certificate at load when it covers other
+	// names (acmetool's covers mta-sts.<d> and www.<d>): it is served for
+	// them until they have their own.
+	lent       *tls.Certificate
+	newKeyDone map[string]string // the NewKey value last honoured, by name
+	exported   *tls.Certificate  // last handed to the exporter
 
 	export       *exporter
 	importedCert string // acmetool's certificate file, when taken over at load
 
-	wake     chan struct{}
+	wake     chan struct{} // the scheduler looks at every name again
+	syncWake chan struct{} // the storage is read again
 	stop     chan struct{}
+	stopped  atomic.Bool // after Stop: certmagic's leftovers neither log nor count
 	stopOnce sync.Once
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
@@ -118,16 +149,25 @@ type Manager struct {
 // nameState is what the Manager knows about one name.
 type nameState struct {
 	name string
-	// cert is served for the name: its own, or one borrowed from the mail
-	// domain that covers it (acmetool's certificate has all three names).
-	cert      *tls.Certificate
-	own       bool
-	issuerKey string // where the own certificate is stored
-	ari       *renewalInfo
-	ariNext   time.Time
-	ariBusy   bool      // a refresh is running
-	due       time.Time // next obtain or renewal
-	failures  int
+	// cert is served for the name: its own, or lent by the mail domain's
+	// certificate that covers it.
+	cert *tls.Certificate
+	own  bool
+	// renewAt is when certmagic renews the own certificate: the time
+	// picked in the CA's renewal window (RFC 9773 §4.2) or when a third of
+	// its life is left, whichever comes first (certificates.go,
+	// certNeedsRenewal).
+	renewAt time.Time
+
+	// For a name without its own certificate, the Manager's own schedule
+	// (schedule.go): consecutive failures and the next attempt.
+	failures int
+	due      time.Time
+	// For an own certificate, certmagic's failed renewals in a row, and
+	// whether Recheck asked for an attempt now.
+	renewFailures int
+	renewNow      bool
+
 	lastErr   error
 	lastErrAt time.Time
 }
@@ -155,9 +195,6 @@ func NewManager(cfg Config, log *zap.Logger) (*Manager, error) {
 			names = append(names, n)
 		}
 	}
-	if cfg.StorageDir == "" {
-		return nil, errors.New("acme: no storage folder")
-	}
 	for _, c := range cfg.Challenges {
 		if c != ChallengeHTTP01 && c != ChallengeTLSALPN01 {
 			return nil, fmt.Errorf("acme: unknown challenge type %q (want %s or %s)", c, ChallengeHTTP01, ChallengeTLSALPN01)
@@ -179,27 +216,33 @@ func NewManager(cfg Config, log *zap.Logger) (*Manager, error) {
 			return nil, fmt.Errorf("acme: CA directory: %w", err)
 		}
 	}
-	st, err := newStore(cfg.StorageDir)
-	if err != nil {
-		return nil, fmt.Errorf("acme: %w", err)
-	}
-	cmLog := log.Named("certmagic")
-	if log.Core().Enabled(zapcore.InfoLevel) {
-		// certmagic narrates every lock and step at info level.
-		cmLog = cmLog.WithOptions(zap.IncreaseLevel(zapcore.WarnLevel))
-	}
-	m := &Manager{
-		cfg: cfg, log: log, cmLog: cmLog, store: st, cas: cas, names: names,
-		states:  make(map[string]*nameState, len(names)),
-		engines: make([]atomic.Pointer[caEngine], len(cas)),
-		wake:    make(chan struct{}, 1),
-		stop:    make(chan struct{}),
-	}
 	if cfg.ExportCert != "" || cfg.ExportKey != "" {
 		if cfg.ExportCert == "" || cfg.ExportKey == "" {
 			return nil, errors.New("acme: export needs both a certificate and a key file")
 		}
-		m.export = newExporter(cfg.ExportCert, cfg.ExportKey, cfg.Reload, cfg.ExportRetry, log.Named("export"))
+	}
+	st, err := newStore(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("acme: %w", err)
+	}
+	m := &Manager{
+		cfg: cfg, store: st, cas: cas, names: names,
+		states:     make(map[string]*nameState, len(names)),
+		newKeyDone: make(map[string]string, len(names)),
+		wake:       make(chan struct{}, 1),
+		syncWake:   make(chan struct{}, 1),
+		stop:       make(chan struct{}),
+	}
+	// certmagic's jobs may outlive Stop by a moment: nothing they log
+	// after it gets through.
+	m.log = log.WithOptions(zap.WrapCore(func(c zapcore.Core) zapcore.Core { return &stoppedGate{c, &m.stopped} }))
+	m.cmLog = m.log.Named("certmagic")
+	if log.Core().Enabled(zapcore.InfoLevel) {
+		// certmagic narrates every lock and step at info level.
+		m.cmLog = m.cmLog.WithOptions(zap.IncreaseLevel(zapcore.WarnLevel))
+	}
+	if cfg.ExportCert != "" {
+		m.export = newExporter(cfg.ExportCert, cfg.ExportKey, cfg.Reload, cfg.ExportRetry, m.log.Named("export"))
 	}
 	m.load(context.Background())
 	return m, nil
@@ -211,15 +254,17 @@ func NewManager(cfg Config, log *zap.Logger) (*Manager, error) {
 func (m *Manager) load(ctx context.Context) {
 	now := time.Now()
 	for _, name := range m.names {
-		st := &nameState{name: name, ariNext: now}
+		st := &nameState{name: name}
 		m.states[name] = st
 		sc, err := m.store.loadCert(ctx, name, m.issuerKeys())
 		switch {
 		case err == nil:
-			st.cert, st.own, st.issuerKey = sc.cert, true, sc.issuerKey
+			m.setOwn(st, sc)
 		case !errors.Is(err, fs.ErrNotExist):
-			m.fail(st, err, now)
-			st.failures = 0 // try to obtain a new one right away
+			st.lastErr, st.lastErrAt = err, now // obtained again right away
+		}
+		if done, err := m.store.newKeyDone(ctx, name); err == nil {
+			m.newKeyDone[name] = done
 		}
 	}
 	domain := m.states[m.cfg.Domain]
@@ -227,18 +272,26 @@ func (m *Manager) load(ctx context.Context) {
 		sc, err := m.importAcmetoolCert(ctx)
 		if err != nil {
 			m.log.Error("cannot take over acmetool's certificate", zap.Error(err))
-			m.fail(domain, err, now)
-			domain.failures = 0
+			domain.lastErr, domain.lastErrAt = err, now
 		} else if sc != nil {
-			domain.cert, domain.own, domain.issuerKey = sc.cert, true, sc.issuerKey
+			m.setOwn(domain, sc)
 		}
 	}
-	for _, st := range m.states {
-		if st.cert == nil && domain.cert != nil && domain.cert.Leaf.VerifyHostname(st.name) == nil {
-			st.cert = domain.cert
+	if domain.own {
+		for _, st := range m.states {
+			if st.cert == nil && domain.cert.Leaf.VerifyHostname(st.name) == nil {
+				st.cert, m.lent = domain.cert, domain.cert
+			}
 		}
 	}
 	m.publish()
+}
+
+// setOwn records a stored certificate as name's own. The caller holds
+// m.mu (or no other goroutine runs yet).
+func (m *Manager) setOwn(st *nameState, sc *storedCert) {
+	st.cert, st.own = sc.cert, true
+	st.renewAt = m.renewalTime(sc)
 }
 
 func (m *Manager) issuerKeys() []string {
@@ -248,6 +301,9 @@ func (m *Manager) issuerKeys() []string {
 	}
 	return keys
 }
+
+// Mode is "acme".
+func (m *Manager) Mode() string { return ModeACME }
 
 // Start begins managing, once the listeners accept (the CA validates
 // through them). At a first start, with no certificate for the mail domain
@@ -262,43 +318,80 @@ func (m *Manager) Start(ctx context.Context, ln Listeners) error {
 	}
 	m.listen = ln
 	m.cache = certmagic.NewCache(certmagic.CacheOptions{
-		// No certificate is ever cached as managed: the Manager serves and
-		// renews them itself.
-		GetConfigForCert: func(certmagic.Certificate) (*certmagic.Config, error) {
-			if engs := m.readyEngines(); len(engs) > 0 {
-				return engs[0].cfg, nil
-			}
-			return nil, errors.New("no ACME configuration yet")
-		},
-		Logger: m.cmLog,
+		GetConfigForCert:   m.configForCert,
+		RenewCheckInterval: m.cfg.RenewCheck,
+		Logger:             m.cmLog,
 	})
+	eng := m.newEngine()
+	m.engine.Store(eng)
 	runCtx, cancel := context.WithCancel(context.Background())
 	m.cancel = cancel
-	domain := m.states[m.cfg.Domain] // no worker runs yet
-	if domain.cert == nil {
-		m.log.Info("no certificate for the mail domain yet; obtaining one", zap.String("name", m.cfg.Domain), zap.String("ca", m.cas[0].url))
-		startCtx, stop := context.WithCancel(runCtx)
-		unhook := context.AfterFunc(ctx, stop)
-		m.act(startCtx, domain)
-		unhook()
-		stop()
-		if st := m.state(m.cfg.Domain); st.cert == nil {
-			err := st.lastErr
-			if err == nil {
-				err = startCtx.Err()
-			}
+
+	m.mu.Lock()
+	var stored []string
+	for _, name := range m.names {
+		st := m.states[name]
+		if st.own {
+			stored = append(stored, name)
+		}
+		if eng.rootsErr != nil {
+			st.lastErr, st.lastErrAt = eng.rootsErr, time.Now()
+		}
+	}
+	haveDomain := m.states[m.cfg.Domain].own
+	m.mu.Unlock()
+	if !haveDomain {
+		if err := m.firstCertificate(ctx, runCtx, eng); err != nil {
 			cancel()
-			m.cache.Stop()
-			m.cache = nil
-			return fmt.Errorf("no certificate for %s, and none could be obtained: %w", m.cfg.Domain, err)
+			m.Stop()
+			return err
+		}
+	}
+	// certmagic loads the stored certificates, renews those due now, and
+	// keeps renewing them.
+	for _, name := range stored {
+		if err := m.configFor(name).ManageAsync(runCtx, []string{name}); err != nil {
+			m.log.Error("cannot manage the stored certificate", zap.String("name", name), zap.Error(err))
 		}
 	}
 	if m.export != nil {
 		m.wg.Go(func() { m.export.run(runCtx) })
-		m.export.set(m.state(m.cfg.Domain).cert)
 	}
+	m.syncAll(runCtx) // the export of what is there
 	m.wg.Go(func() { m.run(runCtx) })
+	m.wg.Go(func() { m.syncLoop(runCtx) })
 	return nil
+}
+
+// firstCertificate obtains the mail domain's certificate at a first start:
+// certmagic's ManageSync, one attempt at each CA in turn.
+func (m *Manager) firstCertificate(ctx, runCtx context.Context, eng *engine) error {
+	m.log.Info("no certificate for the mail domain yet; obtaining one", zap.String("name", m.cfg.Domain), zap.String("ca", m.cas[0].url))
+	startCtx, stop := context.WithCancel(runCtx)
+	defer stop()
+	defer context.AfterFunc(ctx, stop)()
+	err := eng.rootsErr
+	if err == nil {
+		err = m.configFor(m.cfg.Domain).ManageSync(m.ourAttempt(startCtx, 0), []string{m.cfg.Domain})
+	}
+	if err == nil {
+		m.syncName(startCtx, m.cfg.Domain)
+		if !m.state(m.cfg.Domain).own {
+			err = errors.New("certmagic holds no certificate after obtaining one")
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("no certificate for %s, and none could be obtained from %s: %w", m.cfg.Domain, m.caList(), err)
+	}
+	return nil
+}
+
+func (m *Manager) caList() string {
+	urls := make([]string, len(m.cas))
+	for i, ca := range m.cas {
+		urls[i] = ca.url
+	}
+	return strings.Join(urls, " or ")
 }
 
 // Stop ends management and waits for running work to give up.
@@ -312,6 +405,8 @@ func (m *Manager) Stop() {
 		if m.cache != nil {
 			m.cache.Stop()
 		}
+		m.stopped.Store(true)
+		m.store.close()
 	})
 }
 
@@ -325,7 +420,8 @@ func (m *Manager) state(name string) nameState {
 	return *m.states[name]
 }
 
-// publish makes the current certificates visible to handshakes.
+// publish makes the current certificates visible to handshakes. The caller
+// holds m.mu (or no other goroutine runs yet).
 func (m *Manager) publish() {
 	s := &servedCerts{byName: make(map[string]*tls.Certificate, len(m.states))}
 	for name, st := range m.states {
@@ -344,13 +440,11 @@ func (m *Manager) publish() {
 func (m *Manager) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
 	if hello.ServerName != "" && len(hello.SupportedProtos) == 1 && hello.SupportedProtos[0] == acmeTLSProtocol {
 		// certmagic finds the challenge in its process-wide memory, or in
-		// the storage under its CA: ask each.
-		for _, eng := range m.readyEngines() {
-			if c, err := eng.cfg.GetCertificate(hello); err == nil {
-				return c, nil
-			}
+		// the storage, where another node on it may have put it.
+		if eng := m.engine.Load(); eng != nil {
+			return eng.cfg.GetCertificate(hello)
 		}
-		return nil, fmt.Errorf("acme-tls/1 handshake for %s, but no such challenge is running", hello.ServerName)
+		return nil, fmt.Errorf("acme-tls/1 handshake for %s, but no challenge is running", hello.ServerName)
 	}
 	s := m.served.Load()
 	if c := s.byName[strings.TrimSuffix(strings.ToLower(hello.ServerName), ".")]; c != nil {
@@ -365,39 +459,29 @@ func (m *Manager) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, 
 const acmeTLSProtocol = "acme-tls/1"
 
 // HTTPHandler answers HTTP-01 challenges (RFC 8555 §8.3) and passes every
-// other request to next.
+// other request to next. certmagic finds the challenge in memory or in the
+// storage, under any of the CAs.
 func (m *Manager) HTTPHandler(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if certmagic.LooksLikeHTTPChallenge(r) {
-			for _, eng := range m.readyEngines() {
-				if eng.iss.HandleHTTPChallenge(w, r) {
-					return
-				}
+			if eng := m.engine.Load(); eng != nil && eng.primary().HandleHTTPChallenge(w, r) {
+				return
 			}
 		}
 		next.ServeHTTP(w, r)
 	})
 }
 
-func (m *Manager) readyEngines() []*caEngine {
-	var engs []*caEngine
-	for i := range m.engines {
-		if eng := m.engines[i].Load(); eng != nil {
-			engs = append(engs, eng)
-		}
-	}
-	return engs
-}
-
 // Status reports every name: its certificate, the last failure and when
 // the next obtain or renewal is due. Export and reload failures show on
 // the mail domain's entry.
 func (m *Manager) Status() []CertStatus {
+	now := time.Now()
 	m.mu.Lock()
 	out := make([]CertStatus, 0, len(m.names))
 	for _, name := range m.names {
 		st := m.states[name]
-		cs := CertStatus{Names: []string{name}, Source: "acme", NextAttempt: st.due}
+		cs := CertStatus{Names: []string{name}, Source: ModeACME, NextAttempt: m.nextAttempt(st, now)}
 		if st.cert != nil {
 			cs.Issuer, cs.NotAfter = st.cert.Leaf.Issuer.CommonName, st.cert.Leaf.NotAfter
 		}
@@ -418,13 +502,6 @@ func (m *Manager) Status() []CertStatus {
 	return out
 }
 
-// fail records a failed attempt and schedules the next one.
-func (m *Manager) fail(st *nameState, err error, now time.Time) {
-	st.failures++
-	st.lastErr, st.lastErrAt = err, now
-	st.due = now.Add(m.cfg.Retry.Delay(st.failures))
-}
-
 // normalName lower-cases a DNS name and refuses what no CA can certify.
 func normalName(n string) (string, error) {
 	n = strings.TrimSuffix(strings.ToLower(strings.TrimSpace(n)), ".")
@@ -441,4 +518,21 @@ func hostPort(a net.Addr) (string, int) {
 	host, port, _ := net.SplitHostPort(a.String())
 	p, _ := strconv.Atoi(port)
 	return host, p
+}
+
+// stoppedGate drops log entries once the Manager stopped.
+type stoppedGate struct {
+	zapcore.Core
+	stopped *atomic.Bool
+}
+
+func (g *stoppedGate) With(f []zapcore.Field) zapcore.Core {
+	return &stoppedGate{g.Core.With(f), g.stopped}
+}
+
+func (g *stoppedGate) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
+	if g.stopped.Load() {
+		return ce
+	}
+	return g.Core.Check(e, ce)
 }

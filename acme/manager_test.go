@@ -169,9 +169,9 @@ func TestManagerBadInputKeepsServing(t *testing.T) {
 	m.Stop()
 	first, _ := e.served(t, domain, p.Roots())
 
-	// An unreadable CA root file, an export folder that cannot be made (its
-	// parent is a file: the tests may run as root) and a certificate that
-	// must be renewed now.
+	// An unreadable CA root file (no CA can be asked to renew anything) and
+	// an export folder that cannot be made (its parent is a file: the tests
+	// may run as root).
 	blocker := filepath.Join(dir, "blocker")
 	os.WriteFile(blocker, []byte("not a folder"), 0o644)
 	cfg.CA, cfg.CARootFile = p.URL, filepath.Join(dir, "garbled-root.pem")
@@ -181,7 +181,6 @@ func TestManagerBadInputKeepsServing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m2.states[domain].failures, m2.states[domain].due = 1, time.Now() // due for renewal
 	e2 := startTestEdge(t, m2)
 	if err := m2.Start(context.Background(), e2.listeners()); err != nil {
 		t.Fatal(err)

@@ -100,7 +100,7 @@ func TestWatchedSwapsChangedFiles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w.Start()
+	w.Start(context.Background(), Listeners{})
 	t.Cleanup(w.Stop)
 
 	// A garbled certificate keeps the current one and shows the error.

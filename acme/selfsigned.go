@@ -29,11 +29,7 @@ const (
 // selfSignedLifetime is cmdeploy's "-days 36500".
 const selfSignedLifetime = 36500 * 24 * time.Hour
 
-// IsSelfSignedDomain tells chatmail's "self" mode: a mail domain that no
-// public CA can certify, one starting with "_" or an IP address.
-func IsSelfSignedDomain(domain string) bool {
-	return strings.HasPrefix(domain, "_") || net.ParseIP(strings.Trim(domain, "[]")) != nil
-}
+func isIP(s string) bool { return net.ParseIP(s) != nil }
 
 // SelfSigned serves chatmail's self-signed certificate: the existing files,
 // or, when neither exists, new ones made as cmdeploy makes them (EC P-256,
@@ -49,7 +45,7 @@ func SelfSigned(domain, certFile, keyFile string, now time.Time) (s *Static, cre
 		if err != nil {
 			return nil, false, fmt.Errorf("self-signed certificate: %w", err)
 		}
-		return NewStatic(pair, "self"), false, nil
+		return NewStatic(pair, ModeSelf), false, nil
 	case errors.Is(certErr, fs.ErrNotExist) && errors.Is(keyErr, fs.ErrNotExist):
 	case certErr != nil && !errors.Is(certErr, fs.ErrNotExist):
 		return nil, false, fmt.Errorf("self-signed certificate: %w", certErr)
@@ -102,5 +98,5 @@ func SelfSigned(domain, certFile, keyFile string, now time.Time) (s *Static, cre
 	if err != nil {
 		return nil, false, err
 	}
-	return NewStatic(pair, "self"), true, nil
+	return NewStatic(pair, ModeSelf), true, nil
 }

@@ -1,7 +1,9 @@
 package acme
 
 import (
+	"context"
 	"crypto/tls"
+	"net/http"
 	"sync/atomic"
 )
 
@@ -29,3 +31,16 @@ func (s *Static) Certificate() *tls.Certificate { return s.cert.Load() }
 func (s *Static) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 	return s.cert.Load(), nil
 }
+
+// Mode is where the certificate came from (a Mode constant).
+func (s *Static) Mode() string { return s.source }
+
+// Start, Stop and Recheck have nothing to do: the certificate is fixed.
+func (s *Static) Start(context.Context, Listeners) error { return nil }
+
+func (s *Static) Stop() {}
+
+func (s *Static) Recheck() {}
+
+// HTTPHandler is next: there are no challenges to answer.
+func (s *Static) HTTPHandler(next http.Handler) http.Handler { return next }

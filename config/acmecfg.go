@@ -25,7 +25,8 @@ func (s *Settings) ACME() acme.Config {
 		ExportCert:  strings.ReplaceAll(s.Certs.ExportCert, MailDomainPlaceholder, s.MailDomain),
 		ExportKey:   strings.ReplaceAll(s.Certs.ExportKey, MailDomainPlaceholder, s.MailDomain),
 		Reload:      s.Certs.Reload,
-		Retry:       s.Certs.Retry, ExportRetry: s.Certs.Retry,
+		NewKey:      s.Certs.NewKey,
+		Retry:       s.Certs.Retry, ExportRetry: s.Certs.Retry, RenewCheck: s.Certs.RenewCheck,
 	}
 	if s.Certs.FallbackEABKeyID != "" || s.Certs.FallbackEABHMAC != "" {
 		cfg.FallbackEAB = &acme.EAB{KeyID: s.Certs.FallbackEABKeyID, MACKey: s.Certs.FallbackEABHMAC}

@@ -29,10 +29,13 @@ type CertSettings struct {
 	ExportCert       string
 	ExportKey        string
 	Reload           [][]string
+	NewKey           string
 
-	// Retry is not a configuration key: the default (1 minute doubling to
-	// 1 hour) suits a relay; tests shorten it.
-	Retry acme.Backoff
+	// Retry and RenewCheck are not configuration keys: the defaults (1
+	// minute doubling to 1 hour; certmagic's 10 minutes) suit a relay;
+	// tests shorten them.
+	Retry      acme.Backoff
+	RenewCheck time.Duration
 }
 
 const MailDomainPlaceholder = "<mail_domain>"
@@ -88,17 +91,19 @@ var certOptions = []option{
 			}
 			return nil
 		}},
+	{"acme", "new_key", "", "Renewals keep each certificate's private key, also across restarts and the takeover from acmetool: Delta Chat pins the key of a certificate it verified and then accepts even an expired certificate with that key (core src/net/tls/spki.rs), a safety net a new key takes from every client that pinned the old one. A new value (true, or a label such as a date) makes each name's next renewal use a new key, once per value: the value done is kept with the certificates, so leaving it set makes no more new keys. Empty or false: keep the keys. Applied at a restart.",
+		str(func(s *Settings) *string { return &s.Certs.NewKey })},
 }
 
-// CertMode is chatmail's TLS mode (chatmaild config.py): external when the
-// operator gives the files, self for a domain no public CA certifies, acme
-// otherwise.
-func (s *Settings) CertMode() string {
-	switch {
-	case s.TLSCert != "":
-		return "external"
-	case acme.IsSelfSignedDomain(s.MailDomain):
-		return "self"
+// CertMode is chatmail's TLS mode (chatmaild config.py, acme.SourceConfig.Mode).
+func (s *Settings) CertMode() string { return s.CertSource().Mode() }
+
+// CertSource is the certificate source's part of the settings.
+func (s *Settings) CertSource() acme.SourceConfig {
+	return acme.SourceConfig{
+		Domain:       s.MailDomain,
+		ExternalCert: s.TLSCert, ExternalKey: s.TLSKey, CheckInterval: s.Certs.CheckInterval,
+		SelfCert: s.Certs.SelfCert, SelfKey: s.Certs.SelfKey,
+		ACME: s.ACME(),
 	}
-	return "acme"
 }

@@ -119,6 +119,7 @@ func (env *serveEnv) start(t *testing.T) *Service {
 	}
 	s.Certs.CA, s.Certs.CARoot = env.pebble.URL, env.pebble.RootFile
 	s.Certs.Retry = acme.Backoff{Initial: 20 * time.Millisecond, Max: 200 * time.Millisecond}
+	s.Certs.RenewCheck = 200 * time.Millisecond
 	log := testZap(t)
 	names := []string{env.domain, "mta-sts." + env.domain, "www." + env.domain, env.publicName}
 	e, err := startServe(context.Background(), s, log, nil, func(in *instance) error {
@@ -410,7 +411,7 @@ func TestServeSelfAndExternalModes(t *testing.T) {
 		second, roots2 := testcert.SelfSigned(t, "chat-ext.test")
 		writeKeyPair(t, certFile, keyFile, second)
 		select {
-		case <-e.certs().watched.Changed():
+		case <-e.certs().Source.(*acme.Watched).Changed():
 		case <-time.After(10 * time.Second):
 			t.Fatal("the replaced files were not noticed")
 		}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 
+	"chatmail-edge/acme"
 	"chatmail-edge/config"
 
 	"go.uber.org/zap"
@@ -55,11 +56,11 @@ func (e *Service) Reload(load func() (*config.Settings, error)) (restart []strin
 	}
 	restart = e.startSettings.Restart().Changed(s.Restart())
 	var fresh *certs
-	if old := e.certs(); old.manager == nil {
+	if old := e.certs(); old.Mode() != acme.ModeACME {
 		// Files are read again (external, self); a changed source that a
 		// reload cannot take (to or from ACME) keeps the files in use.
 		from := s
-		if s.CertMode() != old.mode {
+		if s.CertMode() != old.Mode() {
 			from = e.startSettings
 		}
 		if fresh, err = newCerts(from, e.log); err != nil {
@@ -79,9 +80,9 @@ func (e *Service) Reload(load func() (*config.Settings, error)) (restart []strin
 		old := e.certs()
 		_ = fresh.start(context.Background(), e.instance) // watches the files; fails in acme mode only
 		e.certsNow.Store(fresh)
-		old.stop()
+		old.Stop()
 	} else {
-		e.certs().manager.Recheck()
+		e.certs().Recheck()
 	}
 	if len(restart) > 0 {
 		e.log.Warn("configuration reloaded, but these settings changed and take effect only at a restart", zap.Strings("settings", restart))

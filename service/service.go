@@ -76,8 +76,8 @@ func startServe(ctx context.Context, s *config.Settings, log *zap.Logger, listen
 	// Handshakes and the status page ask the certificates in use. The ACME
 	// manager (and with it the HTTP-01 handler) is never replaced: a change
 	// of the certificate source needs a restart.
-	cfg.GetCert = func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) { return e.certs().getCert(hello) }
-	cfg.WrapHTTP, cfg.Certs = c.wrapHTTP, e
+	cfg.GetCert = func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) { return e.certs().GetCertificate(hello) }
+	cfg.WrapHTTP, cfg.Certs = c.HTTPHandler, e
 	in, err := startInstance(cfg, log)
 	if err != nil {
 		return nil, err
@@ -111,6 +111,6 @@ func (e *Service) drain(timeout time.Duration, kind drainKind) {
 	e.reloadMu.Lock()
 	e.stopping = true
 	e.reloadMu.Unlock()
-	e.certs().stop()
+	e.certs().Stop()
 	e.instance.drain(timeout, kind)
 }

@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"chatmail-edge/internal/testcert"
 
@@ -83,31 +84,62 @@ func WriteAcmetool(t testing.TB, dir, directoryURL string, accountKeyPEM []byte,
 }
 
 // Relay is a chatmail relay's acmetool state as cmdeploy leaves it: an
-// account at a CA and a live certificate for the domain, mta-sts and www
-// (self-signed: Roots trusts it).
+// account at a CA and a live certificate for the domain, mta-sts and www.
 type Relay struct {
 	Acmetool
 	AccountKey *ecdsa.PrivateKey
+	AccountURL string // set when the CA knows the account (NewRelayIssued)
 	ChainPEM   []byte
+	CertKey    crypto.Signer // the live certificate's key
 	Roots      *x509.CertPool
 	Live       string // live/<domain>, where Postfix and Dovecot read
 }
 
 // NewRelay writes a relay's acmetool state into dir for the account at
-// directoryURL.
+// directoryURL, with a self-signed certificate (Roots trusts it) that the
+// CA knows nothing of.
 func NewRelay(t testing.TB, dir, directoryURL, domain string) *Relay {
 	t.Helper()
+	cert, roots := testcert.SelfSigned(t, relayNames(domain)...)
+	chain := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Certificate[0]})
+	return writeRelay(t, dir, directoryURL, domain, newKey(t), chain, cert.PrivateKey.(crypto.Signer), roots)
+}
+
+// NewRelayIssued writes a relay's acmetool state into dir as acmetool leaves
+// it with p: its account registered there, and a certificate p issued to
+// that account, whose lifetime began at notBefore.
+func NewRelayIssued(t testing.TB, dir string, p *Pebble, domain string, notBefore time.Time) *Relay {
+	t.Helper()
+	accountKey, certKey := newKey(t), newKey(t)
+	accountURL := p.RegisterAccount(t, accountKey)
+	chain := p.Issue(t, accountURL, certKey.Public(), relayNames(domain), notBefore)
+	r := writeRelay(t, dir, p.URL, domain, accountKey, chain, certKey, p.Roots())
+	r.AccountURL = accountURL
+	return r
+}
+
+func relayNames(domain string) []string {
+	return []string{domain, "mta-sts." + domain, "www." + domain}
+}
+
+func newKey(t testing.TB) *ecdsa.PrivateKey {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
-	keyDER, _ := x509.MarshalECPrivateKey(key)
-	cert, roots := testcert.SelfSigned(t, domain, "mta-sts."+domain, "www."+domain)
-	certKey, _ := x509.MarshalPKCS8PrivateKey(cert.PrivateKey)
-	chain := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Certificate[0]})
-	state := WriteAcmetool(t, dir, directoryURL, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}),
-		domain, chain, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: certKey}))
-	return &Relay{Acmetool: state, AccountKey: key, ChainPEM: chain, Roots: roots, Live: filepath.Join(dir, "live", domain)}
+	return key
+}
+
+func writeRelay(t testing.TB, dir, directoryURL, domain string, accountKey *ecdsa.PrivateKey, chain []byte, certKey crypto.Signer, roots *x509.CertPool) *Relay {
+	t.Helper()
+	accountDER, _ := x509.MarshalECPrivateKey(accountKey)
+	certKeyDER, err := x509.MarshalPKCS8PrivateKey(certKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	state := WriteAcmetool(t, dir, directoryURL, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: accountDER}),
+		domain, chain, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: certKeyDER}))
+	return &Relay{Acmetool: state, AccountKey: accountKey, ChainPEM: chain, CertKey: certKey, Roots: roots, Live: filepath.Join(dir, "live", domain)}
 }
 
 // accountURLPart is acmetool's accountURLPart: the directory URL without

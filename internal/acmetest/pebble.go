@@ -3,8 +3,10 @@
 package acmetest
 
 import (
+	"crypto"
 	"crypto/x509"
 	"encoding/pem"
+	"fmt"
 	"io"
 	"log"
 	"net"
@@ -17,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	pebbleacme "github.com/letsencrypt/pebble/v2/acme"
 	"github.com/letsencrypt/pebble/v2/ca"
 	"github.com/letsencrypt/pebble/v2/core"
 	"github.com/letsencrypt/pebble/v2/db"
@@ -46,6 +49,7 @@ type Pebble struct {
 	mode    atomic.Int32
 	ca      *ca.CAImpl
 	opts    wfeOptions
+	direct  atomic.Int32 // orders made by Issue
 }
 
 // Options of the CA.
@@ -123,7 +127,72 @@ func (p *Pebble) HTTPClient() *http.Client { return p.srv.Client() }
 
 // Orders lists the orders of the account with the given URL.
 func (p *Pebble) Orders(accountURL string) []*core.Order {
-	return p.DB.GetOrdersByAccountID(accountURL[strings.LastIndex(accountURL, "/")+1:])
+	return p.DB.GetOrdersByAccountID(accountID(accountURL))
+}
+
+func accountID(accountURL string) string { return accountURL[strings.LastIndex(accountURL, "/")+1:] }
+
+// OrdersFor lists the account's orders for one name, oldest first, and
+// the certificate each got (nil while it has none).
+func (p *Pebble) OrdersFor(accountURL, name string) (orders []*core.Order, certs []*x509.Certificate) {
+	for _, o := range p.Orders(accountURL) {
+		o.RLock()
+		idents, cert := o.Identifiers, o.CertificateObject
+		o.RUnlock()
+		if len(idents) != 1 || idents[0].Value != name {
+			continue
+		}
+		orders = append(orders, o)
+		if cert != nil {
+			certs = append(certs, cert.Cert)
+		} else {
+			certs = append(certs, nil)
+		}
+	}
+	return orders, certs
+}
+
+// Issue has the CA sign a certificate for names with key, as if the account
+// with the given URL had ordered it at notBefore (its lifetime starts
+// there): state another client, such as acmetool, left behind. It is an
+// order of that account, known to the CA's renewal information (RFC 9773)
+// and as the certificate a renewal replaces (§5). It returns the chain as
+// the CA serves it (PEM).
+func (p *Pebble) Issue(t testing.TB, accountURL string, key crypto.PublicKey, names []string, notBefore time.Time) []byte {
+	t.Helper()
+	var idents []pebbleacme.Identifier
+	var authzs []*core.Authorization // valid, but not in the CA's store: later orders validate anew
+	for _, n := range names {
+		ident := pebbleacme.Identifier{Type: pebbleacme.IdentifierDNS, Value: n}
+		idents = append(idents, ident)
+		authzs = append(authzs, &core.Authorization{
+			Authorization: pebbleacme.Authorization{Status: pebbleacme.StatusValid, Identifier: ident},
+			ExpiresDate:   time.Now().Add(24 * time.Hour),
+		})
+	}
+	order := &core.Order{
+		ID:        fmt.Sprintf("direct-%d", p.direct.Add(1)),
+		AccountID: accountID(accountURL),
+		Order: pebbleacme.Order{
+			Status: pebbleacme.StatusValid, Identifiers: idents, Profile: "default",
+			NotBefore: notBefore.UTC().Format(time.RFC3339),
+		},
+		Names:                names,
+		AuthorizationObjects: authzs,
+		BeganProcessing:      true,
+		ParsedCSR:            &x509.CertificateRequest{DNSNames: names, PublicKey: key},
+	}
+	p.ca.CompleteOrder(order)
+	if order.CertificateObject == nil {
+		t.Fatalf("pebble did not issue for %v", names)
+	}
+	if _, err := p.DB.AddOrder(order); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.DB.AddOrderByIssuedSerial(order); err != nil {
+		t.Fatal(err)
+	}
+	return order.CertificateObject.Chain(0)
 }
 
 func (p *Pebble) serve(w http.ResponseWriter, r *http.Request) {
