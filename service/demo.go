@@ -1,6 +1,7 @@
 package service
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -43,9 +44,10 @@ func DefaultDemoState() string {
 	return filepath.Join(os.TempDir(), "chatmail-edge-demo")
 }
 
-// demo is a running demo: an instance plus the in-process mail delivery.
+// Demo is a running demo: the Service with the in-process mail delivery
+// behind it and certificates from its own CA.
 type Demo struct {
-	*instance
+	*Service
 	cfg      DemoConfig
 	delivery *mail.LocalDelivery
 	ca       *acme.LocalCA
@@ -72,7 +74,7 @@ func StartDemo(c DemoConfig, log *zap.Logger) (*Demo, error) {
 	if err != nil {
 		return nil, err
 	}
-	certs := acme.NewStatic(leaf, "local-ca")
+	certs := &certs{Source: acme.NewStatic(leaf, acme.ModeLocalCA)}
 
 	delivery := mail.NewLocalDelivery(c.Domain, log.Named("delivery"))
 	// GETMETADATA "" answers the ECH entry from the file the instance
@@ -83,7 +85,7 @@ func StartDemo(c DemoConfig, log *zap.Logger) (*Demo, error) {
 	}
 	d := &Demo{cfg: c, delivery: delivery, ca: ca}
 	addr := func(port int) string { return net.JoinHostPort(c.Host, strconv.Itoa(port)) }
-	in, err := startInstance(instanceConfig{
+	svc, err := startService(context.Background(), instanceConfig{
 		Domain:   c.Domain,
 		StateDir: c.StateDir,
 		Edge: edge.Config{
@@ -96,7 +98,6 @@ func StartDemo(c DemoConfig, log *zap.Logger) (*Demo, error) {
 		},
 		HTTPAddr:  addr(c.HTTPPort),
 		HTTPSPort: c.HTTPSPort,
-		GetCert:   certs.GetCertificate,
 		Backends: func() (edge.Backends, error) {
 			return demoBackends(delivery)
 		},
@@ -105,13 +106,12 @@ func StartDemo(c DemoConfig, log *zap.Logger) (*Demo, error) {
 		Web:          c.webConfig(),
 		AdminAddr:    net.JoinHostPort("127.0.0.1", strconv.Itoa(c.AdminPort)),
 		MetadataFile: c.metadataFile(),
-		Certs:        certs,
-	}, log)
+	}, certs, nil, log, nil)
 	if err != nil {
 		delivery.Close()
 		return nil, err
 	}
-	d.instance = in
+	d.Service = svc
 	if d.user, d.password, err = delivery.CreateAccount(); err != nil {
 		d.Shutdown()
 		return nil, fmt.Errorf("create the demo account: %w", err)
@@ -134,8 +134,8 @@ func demoBackends(delivery *mail.LocalDelivery) (edge.Backends, error) {
 }
 
 func (d *Demo) Shutdown() {
-	if d.instance != nil {
-		d.instance.shutdown()
+	if d.Service != nil {
+		d.Service.Shutdown()
 	}
 	d.delivery.Close()
 }

@@ -14,6 +14,9 @@ import (
 // errStopping refuses a reload that comes while serve shuts down.
 var errStopping = errors.New("shutting down")
 
+// errNoConfiguration refuses a reload of the demo, which runs from flags.
+var errNoConfiguration = errors.New("no configuration to reload: the demo runs from its flags")
+
 // reload re-reads the configuration (load reads the edge's file and
 // chatmail.ini, as at start) and the ECH keys, and applies them to the
 // running edge. Everything is read and checked first; on an error nothing
@@ -31,6 +34,9 @@ func (e *Service) Reload(load func() (*config.Settings, error)) (restart []strin
 	defer e.reloadMu.Unlock()
 	if e.stopping {
 		return nil, errStopping
+	}
+	if e.startSettings == nil {
+		return nil, errNoConfiguration
 	}
 
 	// Read and check everything.

@@ -21,14 +21,15 @@ import (
 	"chatmail-edge/config"
 )
 
-// Service is the running edge of `serve`: the instance (edge, web servers,
-// ECH keys) and its certificates.
+// Service is the running edge, of `serve` or of the demo: the instance
+// (edge, web servers, ECH keys) and its certificates.
 type Service struct {
 	*instance
 	log      *zap.Logger
 	certsNow atomic.Pointer[certs] // a reload may replace them (see reload.go)
 	// startSettings are the settings the edge started with; a reload
-	// compares what only a restart can change with them.
+	// compares what only a restart can change with them. nil for the
+	// demo, which has no configuration to reload.
 	startSettings *config.Settings
 
 	reloadMu sync.Mutex // one reload at a time, none once shutdown began
@@ -71,7 +72,17 @@ func startServe(ctx context.Context, s *config.Settings, log *zap.Logger, listen
 		return nil, err
 	}
 	cfg.Listen = listen
-	e := &Service{log: log, startSettings: s, drainFor: s.DrainTimeout}
+	return startService(ctx, cfg, c, s, log, onListening)
+}
+
+// startService is what serve and the demo share: the instance from cfg,
+// served with the certificates c. settings are what a reload compares
+// with; the demo has none.
+func startService(ctx context.Context, cfg instanceConfig, c *certs, settings *config.Settings, log *zap.Logger, onListening func(*instance) error) (*Service, error) {
+	e := &Service{log: log, startSettings: settings}
+	if settings != nil {
+		e.drainFor = settings.DrainTimeout
+	}
 	e.certsNow.Store(c)
 	// Handshakes and the status page ask the certificates in use. The ACME
 	// manager (and with it the HTTP-01 handler) is never replaced: a change
