@@ -379,3 +379,27 @@ func TestUnitKnowsConfigExitStatus(t *testing.T) {
 		t.Errorf("unit lacks %q", want)
 	}
 }
+
+// A relay without acmetool's state (a new account and certificate are got
+// by the edge) converges in one run too: install's own export folder below
+// /var/lib/acme is no acmetool state to take over the second time.
+func TestInstallWithoutAcmetoolConvergesInOneRun(t *testing.T) {
+	requireInstallTools(t)
+	root := t.TempDir()
+	if err := os.Chmod(root, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeTestFile(t, filepath.Join(root, config.DefaultChatmailINI), "[params]\nmail_domain = "+installDomain+"\n")
+	code, out := runCommand("install", "--root", root)
+	if code != 0 || !strings.Contains(out, "no acmetool state") {
+		t.Fatalf("install: exit %d\n%s", code, out)
+	}
+	installed := treeListing(t, root)
+	code, out = runCommand("install", "--root", root)
+	if code != 0 || !strings.Contains(out, "Nothing to change") || strings.Contains(out, "done ") {
+		t.Errorf("second install: exit %d\n%s", code, out)
+	}
+	if treeListing(t, root) != installed {
+		t.Errorf("the second install changed the tree")
+	}
+}

@@ -205,7 +205,7 @@ func (in *installer) importAcmetool(s *config.Settings) error {
 	}
 	cfg := s.ACME()
 	what := "take over acmetool's ACME account and certificate from " + cfg.AcmetoolDir
-	if _, err := os.Stat(in.path(cfg.AcmetoolDir)); err != nil {
+	if !in.hasAcmetoolState(cfg.AcmetoolDir, s.MailDomain) {
 		fmt.Fprintf(in.out, "  ok     no acmetool state in %s: the edge gets a new account and certificate\n", cfg.AcmetoolDir)
 		return nil
 	}
@@ -233,6 +233,19 @@ func (in *installer) importAcmetool(s *config.Settings) error {
 		}
 	}
 	return nil
+}
+
+// hasAcmetoolState tells whether acmetool's folder holds something to take
+// over: an account or the mail domain's live certificate. The folder alone
+// is not enough: install itself makes live/<d>/ for the export, and a
+// second run must not find "acmetool state" there that the first did not.
+func (in *installer) hasAcmetoolState(dir, domain string) bool {
+	for _, p := range []string{filepath.Join(dir, "accounts"), filepath.Join(dir, "live", domain, "fullchain")} {
+		if _, err := os.Stat(in.path(p)); err == nil {
+			return true
+		}
+	}
+	return false
 }
 
 // giveExportDir lets the service user write the certificate it exports
