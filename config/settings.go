@@ -16,6 +16,7 @@ import (
 
 	"go.uber.org/zap/zapcore"
 
+	"chatmail-edge/mail"
 	"chatmail-edge/metadata"
 )
 
@@ -80,6 +81,9 @@ type Settings struct {
 	MailDomain     string
 	MaxMessageSize int64
 	DisableIPv6    bool
+	// MaxSMTPConnections is chatmail's limit of smtpd processes per
+	// submission port, which full mode's Postfix PROXY service takes too.
+	MaxSMTPConnections int
 }
 
 type BackendSettings struct {
@@ -348,6 +352,10 @@ func applyFile(s *Settings, f *ini.File) error {
 // (bodies of /mxdeliv): 4 GiB, far above any mail server's limit.
 const maxMessageSizeLimit = 4 << 30
 
+// maxSMTPConnectionsLimit bounds chatmail.ini's max_smtp_connections (Postfix
+// processes per port): far above what one machine runs.
+const maxSMTPConnectionsLimit = 1_000_000
+
 // readChatmailINI takes what the edge needs from the relay's chatmail.ini.
 func (s *Settings) readChatmailINI(path string) error {
 	f, err := ini.ReadFile(path)
@@ -367,6 +375,14 @@ func (s *Settings) readChatmailINI(path string) error {
 			return f.Errorf(v, "max_message_size: want a number of bytes from 1 to %d, got %q", maxMessageSizeLimit, v.Value)
 		}
 		s.MaxMessageSize = n
+	}
+	s.MaxSMTPConnections = mail.DefaultMaxSMTPConnections
+	if v := get("max_smtp_connections"); v != nil {
+		n, err := strconv.Atoi(v.Value)
+		if err != nil || n < 1 || n > maxSMTPConnectionsLimit {
+			return f.Errorf(v, "max_smtp_connections: want a whole number from 1 to %d, got %q", maxSMTPConnectionsLimit, v.Value)
+		}
+		s.MaxSMTPConnections = n
 	}
 	if v := get("disable_ipv6"); v != nil {
 		s.DisableIPv6 = strings.EqualFold(v.Value, "true") || v.Value == "1" || strings.EqualFold(v.Value, "yes")

@@ -208,6 +208,41 @@ func (in *installer) systemctl(args ...string) (string, error) {
 	return runTool(startTimeout, "systemctl", args...)
 }
 
+// daemonReload has the running systemd read the unit files again, when
+// needed (live only: systemctl --root needs none).
+func (in *installer) daemonReload(needed bool) error {
+	if !in.live {
+		return nil
+	}
+	return in.step("systemctl daemon-reload", needed, func() error {
+		_, err := runTool(commandTimeout, "systemctl", "daemon-reload")
+		return err
+	})
+}
+
+// enable enables a unit unless it is.
+func (in *installer) enable(unit string) error {
+	return in.step("enable "+unit, in.unitState(unit) != "enabled", func() error {
+		_, err := in.systemctl("enable", unit)
+		return err
+	})
+}
+
+// stopAndDisable stops a unit (live) and disables it, when it runs or is
+// enabled.
+func (in *installer) stopAndDisable(unit string) error {
+	active := in.live && in.active(unit)
+	return in.step("stop and disable "+unit, active || in.unitState(unit) == "enabled", func() error {
+		if active {
+			if _, err := in.systemctl("stop", unit); err != nil {
+				return err
+			}
+		}
+		_, err := in.systemctl("disable", unit)
+		return err
+	})
+}
+
 // unitState is systemctl is-enabled's word for a unit ("" when unknown).
 func (in *installer) unitState(unit string) string {
 	out, _ := in.systemctl("is-enabled", unit)

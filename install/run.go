@@ -146,7 +146,11 @@ func (in *installer) install(mode, configFile string) error {
 		}
 	}
 	if mode == "full" {
-		if err := in.applyFull(rec); err != nil {
+		fm, err := fullModeFor(s, binary, configFile)
+		if err != nil {
+			return err
+		}
+		if err := in.applyFull(rec, fm, changed); err != nil {
 			return err
 		}
 	}
@@ -352,21 +356,11 @@ func (in *installer) giveBack(rec *installRecord) error {
 // returns once the edge sent READY=1. If it fails, what install stopped
 // runs again, so the relay is never left without its front end.
 func (in *installer) startEdge(units []string, reloadUnits, restart bool, rec *installRecord) error {
-	if in.live {
-		err := in.step("systemctl daemon-reload", reloadUnits, func() error {
-			_, err := runTool(commandTimeout, "systemctl", "daemon-reload")
-			return err
-		})
-		if err != nil {
-			return err
-		}
+	if err := in.daemonReload(reloadUnits); err != nil {
+		return err
 	}
 	for _, u := range units {
-		err := in.step("enable "+u, in.unitState(u) != "enabled", func() error {
-			_, err := in.systemctl("enable", u)
-			return err
-		})
-		if err != nil {
+		if err := in.enable(u); err != nil {
 			return err
 		}
 	}
@@ -469,18 +463,7 @@ func (in *installer) uninstall(configFile string) error {
 		return err
 	}
 	for _, u := range []string{systemd.ReloadPath, systemd.Service} {
-		state := in.unitState(u)
-		active := in.live && in.active(u)
-		err := in.step("stop and disable "+u, active || state == "enabled", func() error {
-			if active {
-				if _, err := in.systemctl("stop", u); err != nil {
-					return err
-				}
-			}
-			_, err := in.systemctl("disable", u)
-			return err
-		})
-		if err != nil {
+		if err := in.stopAndDisable(u); err != nil {
 			return err
 		}
 	}
@@ -497,14 +480,8 @@ func (in *installer) uninstall(configFile string) error {
 		}
 		removedUnits = removedUnits || removed
 	}
-	if in.live {
-		err := in.step("systemctl daemon-reload", removedUnits, func() error {
-			_, err := runTool(commandTimeout, "systemctl", "daemon-reload")
-			return err
-		})
-		if err != nil {
-			return err
-		}
+	if err := in.daemonReload(removedUnits); err != nil {
+		return err
 	}
 	for _, f := range []string{installedBinary, sysusersFile} {
 		if _, err := in.removeFile(f); err != nil {
