@@ -1,6 +1,7 @@
 package config
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -89,6 +90,7 @@ type Settings struct {
 type BackendSettings struct {
 	Mode    string // tls | proxy
 	Address string
+	MinTLS  uint16 // the lowest TLS version of its clients
 }
 
 // option is one documented key of the configuration file.
@@ -156,6 +158,22 @@ func address(p func(*Settings) *string) func(*Settings, string) error {
 			}
 		}
 		*p(s) = v
+		return nil
+	}
+}
+
+// tlsVersion sets a lowest TLS version: 1.2 or 1.3 (what crypto/tls and
+// ECH make sense of: ECH needs 1.3, RFC 9849 §4).
+func tlsVersion(p func(*Settings) *uint16) func(*Settings, string) error {
+	return func(s *Settings, v string) error {
+		switch v {
+		case "1.2":
+			*p(s) = tls.VersionTLS12
+		case "1.3":
+			*p(s) = tls.VersionTLS13
+		default:
+			return fmt.Errorf("want 1.2 or 1.3, got %q", v)
+		}
 		return nil
 	}
 }
@@ -230,10 +248,14 @@ var coreOptions = []option{
 		backendMode(func(s *Settings) *string { return &s.IMAPBackend.Mode })},
 	{"imap", "address", "127.0.0.1:993", "Where Dovecot listens for the edge.",
 		address(func(s *Settings) *string { return &s.IMAPBackend.Address })},
+	{"imap", "min_tls", "1.3", "Lowest TLS version of IMAP clients, on imaps and on the https listener by ALPN: 1.3, as chatmail's Dovecot requires on 993, or 1.2. An older client gets a protocol_version alert.",
+		tlsVersion(func(s *Settings) *uint16 { return &s.IMAPBackend.MinTLS })},
 	{"smtp", "backend", "tls", "tls: re-encrypt to Postfix's smtps port (no Postfix change). proxy: plaintext with a PROXY v2 header to a service with smtpd_upstream_proxy_protocol=haproxy.",
 		backendMode(func(s *Settings) *string { return &s.SMTPBackend.Mode })},
 	{"smtp", "address", "127.0.0.1:465", "Where Postfix listens for the edge.",
 		address(func(s *Settings) *string { return &s.SMTPBackend.Address })},
+	{"smtp", "min_tls", "1.3", "Lowest TLS version of submission clients, on smtps and on the https listener by ALPN: 1.3, as chatmail's Postfix requires on 465, or 1.2. An older client gets a protocol_version alert.",
+		tlsVersion(func(s *Settings) *uint16 { return &s.SMTPBackend.MinTLS })},
 	{"tls", "cert", "", "PEM certificate chain to serve (with key), renewed by another program (chatmail's external mode). Empty: tls_external_cert_and_key from chatmail.ini; without it, a self-signed certificate for a mail_domain starting with _ or an IP address, else ACME (see [acme]).",
 		str(func(s *Settings) *string { return &s.TLSCert })},
 	{"tls", "key", "", "PEM private key of cert.",
