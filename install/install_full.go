@@ -368,31 +368,39 @@ func (in *installer) checkMailConfig(fm fullMode) error {
 }
 
 // reloadMail reloads Dovecot and Postfix and waits until their loopback
-// PROXY listeners accept.
+// PROXY listeners accept. One that does not run is left alone: it reads the
+// new configuration when it starts (cmdeploy stops Dovecot while it
+// upgrades it, and reapply may run meanwhile).
 func (in *installer) reloadMail() error {
-	if err := in.reloadMailOnly(); err != nil {
-		return err
-	}
 	deadline := time.Now().Add(proxyListenTimeout)
-	for _, addr := range []string{mail.ProxyIMAPAddress, mail.ProxySMTPAddress} {
+	for _, d := range mailDaemons {
+		if !in.active(d.unit) {
+			fmt.Fprintf(in.out, "  skip   reload %s: it does not run, and reads the new configuration when it starts\n", d.unit)
+			continue
+		}
+		if _, err := runTool(commandTimeout, "systemctl", "reload", d.unit); err != nil {
+			return err
+		}
 		for {
-			c, err := net.DialTimeout("tcp", addr, time.Second)
+			c, err := net.DialTimeout("tcp", d.listener, time.Second)
 			if err == nil {
 				c.Close()
 				break
 			}
 			if time.Now().After(deadline) {
-				return fmt.Errorf("nothing listens on %s %s after the reload: %w", addr, proxyListenTimeout, err)
+				return fmt.Errorf("nothing listens on %s %s after the reload of %s: %w", d.listener, proxyListenTimeout, d.unit, err)
 			}
 			time.Sleep(200 * time.Millisecond) // the daemons give no signal when a listener is up
 		}
+		fmt.Fprintf(in.out, "  ok     %s listens on %s\n", d.unit, d.listener)
 	}
-	fmt.Fprintf(in.out, "  ok     Dovecot and Postfix listen on %s and %s\n", mail.ProxyIMAPAddress, mail.ProxySMTPAddress)
 	return nil
 }
 
+// reloadMailOnly reloads Dovecot and Postfix where they run, after their
+// files were put back.
 func (in *installer) reloadMailOnly() error {
-	_, err := runTool(commandTimeout, "systemctl", "reload", "dovecot.service", "postfix.service")
+	_, err := runTool(commandTimeout, "systemctl", "try-reload-or-restart", mailDaemons[0].unit, mailDaemons[1].unit)
 	return err
 }
 

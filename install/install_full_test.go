@@ -267,3 +267,58 @@ func TestInstallFullModeNeedsChatmailMainCF(t *testing.T) {
 		t.Errorf("smtps was not turned back on")
 	}
 }
+
+// Full mode survives `cmdeploy run`: cmdeploy's dovecot.conf and master.cf,
+// rendered from its templates, put Dovecot and Postfix back on 993 and 465;
+// the reapply puts the edge's changes back, checked by Debian's doveconf
+// and postconf as install checks them, and uninstall gives back what
+// cmdeploy wrote.
+func TestInstallFullModeSurvivesCmdeploy(t *testing.T) {
+	requireInstallTools(t)
+	root := mailTree(t, "", mainCFMUA)
+	writeTestFile(t, filepath.Join(root, config.DefaultChatmailINI), fixtureText(t, "chatmail.ini"))
+	smtps := strings.Join(strings.Fields(fixtureSMTPS(t)), " ")
+	surviveCmdeploy(t, root, "full", func(step string) {
+		edgeOn := step == "installed" || step == "reapplied"
+		wantDict, wantSMTPS, wantEdge := chatmailAttributeDict, smtps, ""
+		if edgeOn {
+			wantDict, wantSMTPS, wantEdge = metadataAttributeDict, "", edgeServiceLine(mail.DefaultMaxSMTPConnections)
+		}
+		if got := doveconfH(t, root, "mail_attribute_dict"); got != wantDict {
+			t.Errorf("%s: mail_attribute_dict = %q, want %q", step, got, wantDict)
+		}
+		if got := postconfM(t, root, smtpsService); got != wantSMTPS {
+			t.Errorf("%s: postconf -M %s = %q, want %q", step, smtpsService, got, wantSMTPS)
+		}
+		if got := postconfM(t, root, edgeService); got != wantEdge {
+			t.Errorf("%s: postconf -M %s = %q, want %q", step, edgeService, got, wantEdge)
+		}
+		doveconf, err := exec.Command("doveconf", "-c", filepath.Join(root, dovecotConf), "-n").CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s: doveconf -n: %v\n%s", step, err, doveconf)
+		}
+		if strings.Contains(string(doveconf), "inet_listener imap_edge") != edgeOn {
+			t.Errorf("%s: doveconf -n shows the imap_edge listener: %v, want %v", step, !edgeOn, edgeOn)
+		}
+	}, cmdeployFiles, cmdeployMailFiles)
+}
+
+// fixtureSMTPS is the smtps entry of cmdeploy's master.cf.
+func fixtureSMTPS(t *testing.T) string {
+	t.Helper()
+	var entry strings.Builder
+	in := false
+	for line := range strings.Lines(fixtureText(t, "master.cf")) {
+		switch {
+		case strings.HasPrefix(line, "smtps "):
+			in = true
+		case in && !strings.HasPrefix(line, " "):
+			return entry.String()
+		}
+		if in {
+			entry.WriteString(line)
+		}
+	}
+	t.Fatal("cmdeploy's master.cf has no smtps entry")
+	return ""
+}
