@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"io"
 	"net"
 	"net/http"
@@ -15,6 +16,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"chatmail-edge/config"
 )
 
 // TestDemoStandIns: the demo's paths of filtermail and iroh-relay answer,
@@ -157,4 +160,51 @@ func renderInChromium(t *testing.T, chromium, url, shot string, flags ...string)
 	}
 	t.Logf("screenshot of %s: %s", url, shot)
 	return string(dom)
+}
+
+// TestDemoTLS12: a TLS 1.2 browser-style client gets the site on the demo's
+// HTTPS port (without ECH, which needs TLS 1.3); one that asks for imap
+// there gets a protocol_version alert. The keys reach the edge's limits.
+func TestDemoTLS12(t *testing.T) {
+	d := startTestDemo(t, t.TempDir())
+	cfg := d.tlsConfig(t, "h2", "http/1.1")
+	cfg.MaxVersion, cfg.EncryptedClientHelloConfigList = tls.VersionTLS12, nil
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: cfg, ForceAttemptHTTP2: true}}
+	defer client.CloseIdleConnections()
+	resp, err := client.Get(d.url("/"))
+	if err != nil {
+		t.Fatalf("TLS 1.2 browser: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.TLS.Version != tls.VersionTLS12 || !strings.Contains(string(body), "chatmail relay") {
+		t.Errorf("TLS 1.2 browser: %s over %s, %.80q", resp.Status, tls.VersionName(resp.TLS.Version), body)
+	}
+	imap := d.tlsConfig(t, "imap")
+	imap.MaxVersion, imap.EncryptedClientHelloConfigList = tls.VersionTLS12, nil
+	if _, err := tls.Dial("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(d.port("https"))), imap); err == nil || !strings.Contains(err.Error(), "protocol version not supported") {
+		t.Errorf("TLS 1.2 client asking for imap on the HTTPS port: %v, want a protocol_version alert", err)
+	}
+
+	s, err := config.FromFile(nil, writeChatmailINI(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.MinTLS, s.IMAPBackend.MinTLS = tls.VersionTLS13, tls.VersionTLS12
+	if got := edgeLimitsFrom(s).MinTLS; got.HTTP != tls.VersionTLS13 || got.IMAP != tls.VersionTLS12 || got.SMTP != tls.VersionTLS13 {
+		t.Errorf("edge limits from [web], [imap], [smtp] min_tls: %+v", got)
+	}
+}
+
+// writeChatmailINI makes a root folder with a chatmail.ini where the edge
+// looks for it.
+func writeChatmailINI(t *testing.T) string {
+	t.Helper()
+	root := t.TempDir()
+	p := filepath.Join(root, config.DefaultChatmailINI)
+	os.MkdirAll(filepath.Dir(p), 0o755)
+	if err := os.WriteFile(p, []byte("[params]\nmail_domain = chat.example\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return root
 }
