@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 
@@ -27,17 +28,28 @@ func addInstallFlags(fs interface {
 }
 
 func cmdInstall(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("install", stderr, "install [--mode default|full] [--root DIR] [--dry-run] [--config FILE]")
+	fs := newFlagSet("install", stderr, "install [--mode default|full] [--root DIR] [--dry-run] [--config FILE]\n    or: chatmail-edge install --reapply [--root DIR] [--dry-run] [--config FILE]")
 	f := addInstallFlags(fs)
 	mode := fs.String("mode", "default", "default: the edge takes 80 and 443, as nginx did, and Dovecot and Postfix stay as they are; "+
 		"full: it also takes 993 and 465 with ECH, and Dovecot and Postfix move to loopback PROXY v2 listeners")
+	reapply := fs.Bool("reapply", false, "put back, in the mode of the install on record, what another program (cmdeploy run) undid, "+
+		"and leave the edge running or stopped as it is: what chatmail-edge-reapply.path runs")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("%w: unexpected argument %q", errUsage, fs.Arg(0))
 	}
-	return usageError(install.Install(install.Options{Root: *f.root, DryRun: *f.dryRun, Config: *f.config, Out: stdout}, *mode))
+	o := install.Options{Root: *f.root, DryRun: *f.dryRun, Config: *f.config, Out: stdout}
+	if *reapply {
+		modeSet := false
+		fs.Visit(func(fl *flag.Flag) { modeSet = modeSet || fl.Name == "mode" })
+		if modeSet {
+			return fmt.Errorf("%w: --reapply takes the mode of the install on record, not --mode", errUsage)
+		}
+		return usageError(install.Reapply(o))
+	}
+	return usageError(install.Install(o, *mode))
 }
 
 func cmdUninstall(args []string, stdout, stderr io.Writer) error {

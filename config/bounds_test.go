@@ -1,6 +1,7 @@
 package config
 
 import (
+	"crypto/tls"
 	"errors"
 	"os"
 	"path/filepath"
@@ -30,6 +31,9 @@ func TestEveryNumberHasBounds(t *testing.T) {
 		{"web", "upstream_timeout", "1h", "upstream_timeout: want a duration from 1s to 10m0s"},
 		{"admin", "probe_interval", "2h", "probe_interval: want a duration from 1s to 1h0m0s"},
 		{"mta-sts", "max_age", "31557601", "max_age: want seconds from 1 to 31557600"},
+		{"web", "min_tls", "1.1", `min_tls: want 1.2 or 1.3, got "1.1"`},
+		{"imap", "min_tls", "TLSv1.3", `min_tls: want 1.2 or 1.3, got "TLSv1.3"`},
+		{"web", "access_log", "yes", `access_log: want on or off, got "yes"`},
 	}
 	for _, c := range cases {
 		path := filepath.Join(dir, "edge.ini")
@@ -43,13 +47,48 @@ func TestEveryNumberHasBounds(t *testing.T) {
 			t.Errorf("%s = %s: %v; want a configuration error with %q", c.key, c.value, err, want)
 		}
 	}
-	// chatmail.ini's own number.
-	os.WriteFile(chatmailINI, []byte("[params]\nmail_domain = chat.example\nmax_message_size = 99999999999999\n"), 0o644)
+	// chatmail.ini's own numbers.
 	path := filepath.Join(dir, "edge.ini")
 	os.WriteFile(path, []byte("[edge]\nchatmail_ini = "+chatmailINI+"\n"), 0o644)
-	_, err := Load(path, true)
-	if err == nil || !strings.Contains(err.Error(), chatmailINI+":3: max_message_size: want a number of bytes from 1 to 4294967296") {
-		t.Errorf("huge max_message_size: %v", err)
+	for line, want := range map[string]string{
+		"max_message_size = 99999999999999": "max_message_size: want a number of bytes from 1 to 4294967296",
+		"max_smtp_connections = 0":          "max_smtp_connections: want a whole number from 1 to 1000000",
+	} {
+		os.WriteFile(chatmailINI, []byte("[params]\nmail_domain = chat.example\n"+line+"\n"), 0o644)
+		if _, err := Load(path, true); err == nil || !strings.Contains(err.Error(), chatmailINI+":3: "+want) {
+			t.Errorf("%s: %v", line, err)
+		}
+	}
+}
+
+// loadTestFiles loads the edge's file with edge below [edge]'s
+// chatmail_ini line, and a chatmail.ini with params after its mail_domain.
+func loadTestFiles(t *testing.T, params, edge string) (*Settings, error) {
+	t.Helper()
+	dir := t.TempDir()
+	chatmailINI := filepath.Join(dir, "chatmail.ini")
+	os.WriteFile(chatmailINI, []byte("[params]\nmail_domain = chat.example\n"+params), 0o644)
+	path := filepath.Join(dir, "edge.ini")
+	os.WriteFile(path, []byte("[edge]\nchatmail_ini = "+chatmailINI+"\n"+edge), 0o644)
+	return Load(path, true)
+}
+
+// TestMinTLSAndAccessLog: the TLS minimums per route and the access log
+// from the file, and their defaults (nginx's TLS 1.2 for the web, TLS 1.3
+// for IMAP and SMTP as chatmail's Dovecot and Postfix, no access log).
+func TestMinTLSAndAccessLog(t *testing.T) {
+	s, err := loadTestFiles(t, "max_smtp_connections = 3000\n", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.MinTLS != tls.VersionTLS12 || s.IMAPBackend.MinTLS != tls.VersionTLS13 || s.SMTPBackend.MinTLS != tls.VersionTLS13 || s.AccessLog || s.MaxSMTPConnections != 3000 {
+		t.Errorf("defaults: web %x imap %x smtp %x, access log %v, max_smtp_connections %d", s.MinTLS, s.IMAPBackend.MinTLS, s.SMTPBackend.MinTLS, s.AccessLog, s.MaxSMTPConnections)
+	}
+	if s, err = loadTestFiles(t, "", "[web]\nmin_tls = 1.3\naccess_log = on\n[smtp]\nmin_tls = 1.2\n"); err != nil {
+		t.Fatal(err)
+	}
+	if s.MinTLS != tls.VersionTLS13 || s.SMTPBackend.MinTLS != tls.VersionTLS12 || !s.AccessLog {
+		t.Errorf("set: web %x smtp %x, access log %v", s.MinTLS, s.SMTPBackend.MinTLS, s.AccessLog)
 	}
 }
 

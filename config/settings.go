@@ -1,6 +1,7 @@
 package config
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -16,6 +17,7 @@ import (
 
 	"go.uber.org/zap/zapcore"
 
+	"chatmail-edge/mail"
 	"chatmail-edge/metadata"
 )
 
@@ -80,11 +82,15 @@ type Settings struct {
 	MailDomain     string
 	MaxMessageSize int64
 	DisableIPv6    bool
+	// MaxSMTPConnections is chatmail's limit of smtpd processes per
+	// submission port, which full mode's Postfix PROXY service takes too.
+	MaxSMTPConnections int
 }
 
 type BackendSettings struct {
 	Mode    string // tls | proxy
 	Address string
+	MinTLS  uint16 // the lowest TLS version of its clients
 }
 
 // option is one documented key of the configuration file.
@@ -152,6 +158,22 @@ func address(p func(*Settings) *string) func(*Settings, string) error {
 			}
 		}
 		*p(s) = v
+		return nil
+	}
+}
+
+// tlsVersion sets a lowest TLS version: 1.2 or 1.3 (what crypto/tls and
+// ECH make sense of: ECH needs 1.3, RFC 9849 §4).
+func tlsVersion(p func(*Settings) *uint16) func(*Settings, string) error {
+	return func(s *Settings, v string) error {
+		switch v {
+		case "1.2":
+			*p(s) = tls.VersionTLS12
+		case "1.3":
+			*p(s) = tls.VersionTLS13
+		default:
+			return fmt.Errorf("want 1.2 or 1.3, got %q", v)
+		}
 		return nil
 	}
 }
@@ -226,10 +248,14 @@ var coreOptions = []option{
 		backendMode(func(s *Settings) *string { return &s.IMAPBackend.Mode })},
 	{"imap", "address", "127.0.0.1:993", "Where Dovecot listens for the edge.",
 		address(func(s *Settings) *string { return &s.IMAPBackend.Address })},
+	{"imap", "min_tls", "1.3", "Lowest TLS version of IMAP clients, on imaps and on the https listener by ALPN: 1.3, as chatmail's Dovecot requires on 993, or 1.2. An older client gets a protocol_version alert.",
+		tlsVersion(func(s *Settings) *uint16 { return &s.IMAPBackend.MinTLS })},
 	{"smtp", "backend", "tls", "tls: re-encrypt to Postfix's smtps port (no Postfix change). proxy: plaintext with a PROXY v2 header to a service with smtpd_upstream_proxy_protocol=haproxy.",
 		backendMode(func(s *Settings) *string { return &s.SMTPBackend.Mode })},
 	{"smtp", "address", "127.0.0.1:465", "Where Postfix listens for the edge.",
 		address(func(s *Settings) *string { return &s.SMTPBackend.Address })},
+	{"smtp", "min_tls", "1.3", "Lowest TLS version of submission clients, on smtps and on the https listener by ALPN: 1.3, as chatmail's Postfix requires on 465, or 1.2. An older client gets a protocol_version alert.",
+		tlsVersion(func(s *Settings) *uint16 { return &s.SMTPBackend.MinTLS })},
 	{"tls", "cert", "", "PEM certificate chain to serve (with key), renewed by another program (chatmail's external mode). Empty: tls_external_cert_and_key from chatmail.ini; without it, a self-signed certificate for a mail_domain starting with _ or an IP address, else ACME (see [acme]).",
 		str(func(s *Settings) *string { return &s.TLSCert })},
 	{"tls", "key", "", "PEM private key of cert.",
@@ -348,6 +374,10 @@ func applyFile(s *Settings, f *ini.File) error {
 // (bodies of /mxdeliv): 4 GiB, far above any mail server's limit.
 const maxMessageSizeLimit = 4 << 30
 
+// maxSMTPConnectionsLimit bounds chatmail.ini's max_smtp_connections (Postfix
+// processes per port): far above what one machine runs.
+const maxSMTPConnectionsLimit = 1_000_000
+
 // readChatmailINI takes what the edge needs from the relay's chatmail.ini.
 func (s *Settings) readChatmailINI(path string) error {
 	f, err := ini.ReadFile(path)
@@ -367,6 +397,14 @@ func (s *Settings) readChatmailINI(path string) error {
 			return f.Errorf(v, "max_message_size: want a number of bytes from 1 to %d, got %q", maxMessageSizeLimit, v.Value)
 		}
 		s.MaxMessageSize = n
+	}
+	s.MaxSMTPConnections = mail.DefaultMaxSMTPConnections
+	if v := get("max_smtp_connections"); v != nil {
+		n, err := strconv.Atoi(v.Value)
+		if err != nil || n < 1 || n > maxSMTPConnectionsLimit {
+			return f.Errorf(v, "max_smtp_connections: want a whole number from 1 to %d, got %q", maxSMTPConnectionsLimit, v.Value)
+		}
+		s.MaxSMTPConnections = n
 	}
 	if v := get("disable_ipv6"); v != nil {
 		s.DisableIPv6 = strings.EqualFold(v.Value, "true") || v.Value == "1" || strings.EqualFold(v.Value, "yes")

@@ -17,6 +17,8 @@ type WebSettings struct {
 	UpstreamTimeout   time.Duration
 	HeaderTimeout     time.Duration
 	SendTimeout       time.Duration
+	AccessLog         bool
+	MinTLS            uint16
 	MTASTSMode        string
 	MTASTSMaxAge      int
 	AdminAddress      string
@@ -63,6 +65,20 @@ var webOptions = []option{
 		durationIn(time.Second, 10*time.Minute, func(s *Settings) *time.Duration { return &s.HeaderTimeout })},
 	{"web", "send_timeout", "60s", "Longest wait for an HTTP client to take the next 32 KiB of a response (nginx's send_timeout); a client that stops reading is cut. One response lasts at most an hour. Needs a restart.",
 		durationIn(time.Second, time.Hour, func(s *Settings) *time.Duration { return &s.SendTimeout })},
+	{"web", "min_tls", "1.2", "Lowest TLS version of web clients on the https listener (ALPN h2, http/1.1 or none): 1.2, as chatmail's nginx (older browsers and MTA-STS policy fetchers use it), or 1.3. A TLS 1.2 client never gets ECH, which needs 1.3. TLS agrees on the version before the protocol, so the edge takes the route, and with it the minimum, from the ClientHello's ALPN list: a TLS 1.2 hello that asks for imap gets [imap] min_tls.",
+		tlsVersion(func(s *Settings) *uint16 { return &s.MinTLS })},
+	{"web", "access_log", "off", "on: one line per HTTP request (HTTPS and the plain-HTTP redirect) in nginx's combined format ($remote_addr - $remote_user [$time_local] \"$request\" $status $body_bytes_sent \"$http_referer\" \"$http_user_agent\"), as an info entry of the edge's log named \"access\" with the edge's connection id (conn), which systemd puts into the journal: journalctl -u chatmail-edge | grep access. Client-given fields are escaped as nginx does and cut at 2 KiB. off: none (chatmail's nginx logged to syslog, facility local7). A log_level above info drops them too.",
+		func(s *Settings, v string) error {
+			switch v {
+			case "on":
+				s.AccessLog = true
+			case "off":
+				s.AccessLog = false
+			default:
+				return fmt.Errorf("want on or off, got %q", v)
+			}
+			return nil
+		}},
 	{"mta-sts", "mode", "enforce", "Mode of the MTA-STS policy served at https://mta-sts.<mail_domain>/.well-known/mta-sts.txt: enforce, testing or none (RFC 8461 §5). `chatmail-edge dns` prints the matching _mta-sts record.",
 		func(s *Settings, v string) error {
 			if err := ValidMTASTSMode(v); err != nil {

@@ -43,9 +43,6 @@ type Config struct {
 	// (SetLimits).
 	Limits
 
-	// MinTLSVersion defaults to TLS 1.3: ECH needs it (RFC 9849 §4), and
-	// chatmail's Dovecot and Postfix require it on 993 and 465 anyway.
-	MinTLSVersion uint16
 	// Hostname is the name given in IMAP BYE and SMTP 421 refusals.
 	Hostname string
 	// TicketKeyFile stores the TLS session ticket keys so that clients can
@@ -91,6 +88,36 @@ type Limits struct {
 
 	// Sources are the limits per client address.
 	Sources SourceLimits
+
+	// MinTLS are the lowest TLS versions each route accepts.
+	MinTLS MinTLS
+}
+
+// MinTLS are the lowest TLS versions a client may use, per route: the
+// version is agreed before the application protocol (RFC 8446 §4.1.1,
+// RFC 7301 §3.2), so the edge picks the route's minimum from the
+// ClientHello's ALPN list (tlsconfig.go). Each is tls.VersionTLS12 or
+// tls.VersionTLS13; ECH needs TLS 1.3 (RFC 9849 §4), so a TLS 1.2 client
+// never has it.
+type MinTLS struct {
+	// HTTP defaults to TLS 1.2, as chatmail's nginx (ssl_protocols TLSv1.2
+	// TLSv1.3): older browsers and MTA-STS policy fetchers use it.
+	HTTP uint16
+	// IMAP and SMTP default to TLS 1.3, which chatmail's Dovecot and
+	// Postfix require on 993 and 465.
+	IMAP, SMTP uint16
+}
+
+// forRoute is the minimum for a route; ACME's TLS-ALPN-01 validation (RFC
+// 8737 §3: TLS 1.2 or later) goes with the web's.
+func (m MinTLS) forRoute(r Route) uint16 {
+	switch r {
+	case RouteIMAP:
+		return m.IMAP
+	case RouteSMTP:
+		return m.SMTP
+	}
+	return m.HTTP
 }
 
 // SourceLimits bound what one source can take. A source is one IPv4 address
@@ -130,6 +157,7 @@ func DefaultLimits() Limits {
 			NewPerSecond:   20,
 			Exempt:         []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")},
 		},
+		MinTLS: MinTLS{HTTP: tls.VersionTLS12, IMAP: tls.VersionTLS13, SMTP: tls.VersionTLS13},
 	}
 }
 
@@ -158,6 +186,14 @@ func (l Limits) withDefaults(def Limits) Limits {
 	if l.Sources.Exempt == nil {
 		l.Sources.Exempt = def.Sources.Exempt
 	}
+	v := func(v *uint16, dv uint16) {
+		if *v == 0 {
+			*v = dv
+		}
+	}
+	v(&l.MinTLS.HTTP, def.MinTLS.HTTP)
+	v(&l.MinTLS.IMAP, def.MinTLS.IMAP)
+	v(&l.MinTLS.SMTP, def.MinTLS.SMTP)
 	return l
 }
 
@@ -170,14 +206,16 @@ func (l Limits) validate() error {
 			return errors.New("invalid exempt network")
 		}
 	}
+	for _, v := range []uint16{l.MinTLS.HTTP, l.MinTLS.IMAP, l.MinTLS.SMTP} {
+		if v != tls.VersionTLS12 && v != tls.VersionTLS13 {
+			return fmt.Errorf("minimum TLS version %#04x: want TLS 1.2 or 1.3", v)
+		}
+	}
 	return nil
 }
 
 func (c *Config) setDefaults() {
 	c.Limits = c.Limits.withDefaults(DefaultLimits())
-	if c.MinTLSVersion == 0 {
-		c.MinTLSVersion = tls.VersionTLS13
-	}
 }
 
 func (c *Config) validate() error {
@@ -196,9 +234,6 @@ func (c *Config) validate() error {
 		if l.Kind > KindSMTP {
 			return fmt.Errorf("listener %q: unknown kind %d", l.Name, l.Kind)
 		}
-	}
-	if c.MinTLSVersion < tls.VersionTLS12 {
-		return errors.New("minimum TLS version below 1.2 is not supported")
 	}
 	return c.Limits.validate()
 }

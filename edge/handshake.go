@@ -370,7 +370,11 @@ func (e *Edge) handshake(pc *pendingConn) {
 		if ne, ok := errors.AsType[net.Error](err); ok && ne.Timeout() {
 			reason = FailTimeout
 		}
-		e.dropPending(pc, reason, err.Error())
+		detail := err.Error()
+		if why := pc.info.versionRefusal(); why != "" {
+			detail = why + ": " + detail
+		}
+		e.dropPending(pc, reason, detail)
 		return
 	}
 

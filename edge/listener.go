@@ -13,16 +13,19 @@ import (
 
 // listener is one public TCP port with its TLS configuration and counters.
 type listener struct {
-	e         *Edge
-	cfg       ListenerConfig
-	ln        *net.TCPListener
-	tlsConfig *tls.Config
-	stats     listenerStats
+	e   *Edge
+	cfg ListenerConfig
+	ln  *net.TCPListener
+	// tlsConfig starts every handshake; its GetConfigForClient picks
+	// tls12 or tls13 (tlsconfig.go).
+	tlsConfig    *tls.Config
+	tls12, tls13 *tls.Config
+	stats        listenerStats
 }
 
 func newListener(e *Edge, lc ListenerConfig) *listener {
 	l := &listener{e: e, cfg: lc}
-	l.tlsConfig = e.newTLSConfig(lc.Kind)
+	l.newTLSConfigs()
 	return l
 }
 

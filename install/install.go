@@ -35,11 +35,6 @@ const (
 	installRecordFile = "/etc/chatmail-edge/installed.json"
 )
 
-// takenOver are the units of chatmail's front end that the edge replaces
-// (docs/chatmail-frontend.md §1-2): nginx, acmetool's redirector and
-// renewal timer, and fcgiwrap (the edge runs newemail.py as CGI itself).
-var takenOver = []string{"nginx.service", "acmetool-redirector.service", "acmetool-reconcile.timer", "fcgiwrap.service", "fcgiwrap.socket"}
-
 // commandTimeout bounds one external command; startTimeout a start of the
 // edge, which waits for READY=1 (TimeoutStartSec in the unit is 5 minutes).
 const (
@@ -55,8 +50,11 @@ type installer struct {
 	root   string
 	live   bool
 	dryRun bool
-	out    io.Writer
-	log    *zap.Logger
+	// reapplying is `install --reapply`: the same steps, without starting
+	// the edge or probing it.
+	reapplying bool
+	out        io.Writer
+	log        *zap.Logger
 	// changes counts the steps that changed something (or would, in a dry run).
 	changes int
 }
@@ -208,6 +206,41 @@ func (in *installer) systemctl(args ...string) (string, error) {
 	return runTool(startTimeout, "systemctl", args...)
 }
 
+// daemonReload has the running systemd read the unit files again, when
+// needed (live only: systemctl --root needs none).
+func (in *installer) daemonReload(needed bool) error {
+	if !in.live {
+		return nil
+	}
+	return in.step("systemctl daemon-reload", needed, func() error {
+		_, err := runTool(commandTimeout, "systemctl", "daemon-reload")
+		return err
+	})
+}
+
+// enable enables a unit unless it is.
+func (in *installer) enable(unit string) error {
+	return in.step("enable "+unit, in.unitState(unit) != "enabled", func() error {
+		_, err := in.systemctl("enable", unit)
+		return err
+	})
+}
+
+// stopAndDisable stops a unit (live) and disables it, when it runs or is
+// enabled.
+func (in *installer) stopAndDisable(unit string) error {
+	active := in.live && in.active(unit)
+	return in.step("stop and disable "+unit, active || in.unitState(unit) == "enabled", func() error {
+		if active {
+			if _, err := in.systemctl("stop", unit); err != nil {
+				return err
+			}
+		}
+		_, err := in.systemctl("disable", unit)
+		return err
+	})
+}
+
 // unitState is systemctl is-enabled's word for a unit ("" when unknown).
 func (in *installer) unitState(unit string) string {
 	out, _ := in.systemctl("is-enabled", unit)
@@ -276,8 +309,16 @@ func lookupUser(passwd, name string) (owner, error) {
 // uninstall can put it back.
 type installRecord struct {
 	Mode string `json:"mode"`
-	// Stopped are chatmail's units that install stopped and masked;
-	// uninstall unmasks them all and starts those that were running.
+	// Replaced are chatmail's units that install turned into no-ops with
+	// a drop-in (takeover.go); uninstall removes the drop-ins and starts
+	// those that ran.
+	Replaced []stoppedUnit `json:"replaced,omitempty"`
+	// AcmetoolDesired are the mail domain's target files that install took
+	// out of acmetool's desired/ folder (name: content), so that
+	// cmdeploy's `acmetool reconcile` asks no CA; uninstall puts them back.
+	AcmetoolDesired map[string]string `json:"acmetool_desired,omitempty"`
+	// Stopped are the units an install before the drop-ins stopped and
+	// masked, which cmdeploy cannot start: the next install unmasks them.
 	Stopped []stoppedUnit `json:"stopped,omitempty"`
 	// Config is the configuration file install wrote, to be removed by
 	// uninstall unless the operator changed it since.

@@ -60,6 +60,13 @@ func (in *installer) preflight(mode, configFile string) (*config.Settings, []byt
 				" %s reloads Dovecot and Postfix instead: set `reload =` in [acme]\n", in.path(configFile), systemd.ReloadPath)
 		}
 	}
+	if mode == "full" && s.ECHMetadataFile != "" {
+		// The METADATA proxy runs as the user of Dovecot's mail processes
+		// and of chatmail-metadata's socket.
+		if _, err := lookupUser(in.path("/etc/passwd"), metadataUser); err != nil {
+			return nil, nil, fmt.Errorf("full mode runs the IMAP METADATA proxy as chatmail's user %s: %w (deploy the relay with cmdeploy first, or set `metadata_file =` in [ech] to go without it)", metadataUser, err)
+		}
+	}
 	if in.live {
 		if err := checkPorts(mode); err != nil {
 			return nil, nil, err
@@ -67,6 +74,10 @@ func (in *installer) preflight(mode, configFile string) (*config.Settings, []byt
 	}
 	return s, write, nil
 }
+
+// metadataUser is chatmail's vmail (cmdeploy's ChatmailDeployer), the user
+// of systemd.MetadataProxy.
+const metadataUser = "vmail"
 
 // installConfig is the configuration install writes when there is none.
 func installConfig(mode string) []byte {

@@ -5,10 +5,13 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -41,9 +44,10 @@ func requireInstallTools(t *testing.T) {
 }
 
 // relayTree is a folder laid out like a chatmail relay deployed by
-// cmdeploy: chatmail.ini, acmetool's state with an account and a live
-// certificate, and the unit files of nginx, acmetool and fcgiwrap (nginx
-// enabled, as cmdeploy leaves it).
+// cmdeploy: chatmail.ini, acmetool's state with an account, a live
+// certificate and its target, and the units of nginx, acmetool and fcgiwrap
+// (testdata/cmdeploy: Debian's and cmdeploy's own), enabled as cmdeploy
+// leaves them.
 func relayTree(t *testing.T) (string, *acmetest.Relay) {
 	t.Helper()
 	root := t.TempDir()
@@ -52,17 +56,42 @@ func relayTree(t *testing.T) (string, *acmetest.Relay) {
 	}
 	writeTestFile(t, filepath.Join(root, config.DefaultChatmailINI), "[params]\nmail_domain = "+installDomain+"\nmax_message_size = 31457280\n")
 	relay := acmetest.NewRelay(t, filepath.Join(root, "var/lib/acme"), acme.LetsEncrypt, installDomain)
-	for _, u := range takenOver {
-		unit := "[Unit]\nDescription=" + u + "\n"
-		if strings.HasSuffix(u, ".service") {
-			unit += "[Service]\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target\n"
-		}
-		writeTestFile(t, filepath.Join(root, "lib/systemd/system", u), unit)
+	for fixture, dest := range cmdeployUnits {
+		writeTestFile(t, filepath.Join(root, dest), fixtureText(t, fixture))
 	}
-	if out, err := exec.Command("systemctl", "--root="+root, "enable", "nginx.service").CombinedOutput(); err != nil {
-		t.Fatalf("enable nginx in the tree: %v\n%s", err, out)
+	writeTestFile(t, filepath.Join(root, acmetoolDesired), fixtureText(t, "acmetool-desired"))
+	if out, err := exec.Command("systemctl", append([]string{"--root=" + root, "enable"}, cmdeployEnables...)...).CombinedOutput(); err != nil {
+		t.Fatalf("enable chatmail's units in the tree: %v\n%s", err, out)
 	}
 	return root, relay
+}
+
+// cmdeployUnits are the units of chatmail's front end on a relay: fixture
+// file to path. cmdeployEnables are those cmdeploy enables.
+var (
+	cmdeployUnits = map[string]string{
+		"nginx.service":               "/lib/systemd/system/nginx.service",
+		"fcgiwrap.service":            "/lib/systemd/system/fcgiwrap.service",
+		"fcgiwrap.socket":             "/lib/systemd/system/fcgiwrap.socket",
+		"acmetool-redirector.service": "/etc/systemd/system/acmetool-redirector.service",
+		"acmetool-reconcile.service":  "/etc/systemd/system/acmetool-reconcile.service",
+		"acmetool-reconcile.timer":    "/etc/systemd/system/acmetool-reconcile.timer",
+	}
+	cmdeployEnables = []string{"nginx.service", "fcgiwrap.service", "acmetool-redirector.service", "acmetool-reconcile.timer"}
+)
+
+// acmetoolDesired is acmetool's target for the mail domain, which cmdeploy
+// writes.
+var acmetoolDesired = "/var/lib/acme/desired/" + installDomain
+
+// fixtureText is a file of testdata/cmdeploy.
+func fixtureText(t *testing.T, name string) string {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join("testdata/cmdeploy", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(data)
 }
 
 func writeTestFile(t *testing.T, path, data string) {
@@ -90,13 +119,17 @@ func runCommand(args ...string) (int, string) {
 	fs.StringVar(&o.Config, "config", config.DefaultFile, "")
 	fs.BoolVar(&o.DryRun, "dry-run", false, "")
 	mode := fs.String("mode", "default", "")
+	reapply := fs.Bool("reapply", false, "")
 	if err := fs.Parse(args[1:]); err != nil || fs.NArg() > 0 {
 		return 2, out.String()
 	}
 	var err error
-	if args[0] == "install" {
+	switch {
+	case args[0] == "install" && *reapply:
+		err = Reapply(o)
+	case args[0] == "install":
 		err = Install(o, *mode)
-	} else {
+	default:
 		err = Uninstall(o)
 	}
 	switch {
@@ -112,22 +145,13 @@ func runCommand(args ...string) (int, string) {
 	return 0, out.String()
 }
 
-// treeListing is every path below root with its mode and size, to see
-// whether anything changed.
-func treeListing(t *testing.T, root string) string {
+// chatmailUnitStates is systemctl is-enabled of each of chatmail's units
+// in the tree, one per line.
+func chatmailUnitStates(t *testing.T, root string) string {
 	t.Helper()
 	var b strings.Builder
-	err := filepath.Walk(root, func(path string, info os.FileInfo, err error) error {
-		if err != nil {
-			return err
-		}
-		owner, _ := statOwner(info)
-		b.WriteString(strings.TrimPrefix(path, root) + " " + info.Mode().String() + " " + strconv.FormatInt(info.Size(), 10) +
-			" " + strconv.Itoa(owner.uid) + "\n")
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
+	for _, u := range slices.Sorted(maps.Keys(cmdeployUnits)) {
+		fmt.Fprintf(&b, "%s %s\n", u, unitState(t, root, u))
 	}
 	return b.String()
 }
@@ -150,14 +174,15 @@ func modeOf(t *testing.T, path string) os.FileMode {
 func TestInstallIntoRootAndUninstall(t *testing.T) {
 	requireInstallTools(t)
 	root, relay := relayTree(t)
-	pristine := treeListing(t, root)
+	pristine := treeContents(t, root)
+	cmdeployStates := chatmailUnitStates(t, root)
 
 	// A dry run changes nothing and lists the steps.
 	code, out := runCommand("install", "--root", root, "--dry-run")
-	if code != 0 || !strings.Contains(out, "would  write /usr/local/bin/chatmail-edge") || !strings.Contains(out, "would  stop and mask nginx.service") {
+	if code != 0 || !strings.Contains(out, "would  write /usr/local/bin/chatmail-edge") || !strings.Contains(out, "would  replace nginx.service by a no-op") {
 		t.Fatalf("dry run: exit %d\n%s", code, out)
 	}
-	if treeListing(t, root) != pristine {
+	if treeContents(t, root) != pristine {
 		t.Fatalf("the dry run changed the tree:\n%s", out)
 	}
 
@@ -189,10 +214,18 @@ func TestInstallIntoRootAndUninstall(t *testing.T) {
 			t.Errorf("%s is %q, want enabled", u, s)
 		}
 	}
-	for _, u := range takenOver {
-		if s := unitState(t, root, u); s != "masked" {
-			t.Errorf("%s is %q, want masked", u, s)
+	// chatmail's units are no-ops now, still enabled, as cmdeploy wants
+	// them; acmetool has nothing to renew.
+	for _, u := range replacedUnits {
+		if got, _ := os.ReadFile(filepath.Join(root, dropInPath(u))); !strings.Contains(string(got), "\nExecStart=/bin/true\n") {
+			t.Errorf("%s has no drop-in that makes it a no-op:\n%s", u, got)
 		}
+	}
+	if got := chatmailUnitStates(t, root); got != cmdeployStates {
+		t.Errorf("chatmail's units after install:\n%s\nwant them as cmdeploy left them:\n%s", got, cmdeployStates)
+	}
+	if _, err := os.Stat(filepath.Join(root, acmetoolDesired)); err == nil {
+		t.Errorf("acmetool's target %s is still there", acmetoolDesired)
 	}
 
 	// The configuration is derived from chatmail.ini and loads as serve loads it.
@@ -248,12 +281,12 @@ func TestInstallIntoRootAndUninstall(t *testing.T) {
 	}
 
 	// A second run changes nothing and says so.
-	installed := treeListing(t, root)
+	installed := treeContents(t, root)
 	code, out = runCommand("install", "--root", root)
 	if code != 0 || !strings.Contains(out, "Nothing to change") || strings.Contains(out, "done ") {
 		t.Errorf("second install: exit %d\n%s", code, out)
 	}
-	if treeListing(t, root) != installed {
+	if treeContents(t, root) != installed {
 		t.Errorf("the second install changed the tree")
 	}
 
@@ -268,13 +301,16 @@ func TestInstallIntoRootAndUninstall(t *testing.T) {
 			t.Errorf("%s is still there after uninstall", p)
 		}
 	}
-	if s := unitState(t, root, "nginx.service"); s != "enabled" {
-		t.Errorf("nginx.service is %q after uninstall, want enabled", s)
+	if got := chatmailUnitStates(t, root); got != cmdeployStates {
+		t.Errorf("chatmail's units after uninstall:\n%s\nwant them as cmdeploy left them:\n%s", got, cmdeployStates)
 	}
-	for _, u := range takenOver[1:] {
-		if s := unitState(t, root, u); s == "masked" {
-			t.Errorf("%s is still masked", u)
+	for _, u := range replacedUnits {
+		if _, err := os.Stat(filepath.Join(root, dropInPath(u))); err == nil {
+			t.Errorf("%s keeps its drop-in after uninstall", u)
 		}
+	}
+	if got, err := os.ReadFile(filepath.Join(root, acmetoolDesired)); err != nil || string(got) != fixtureText(t, "acmetool-desired") {
+		t.Errorf("acmetool's target after uninstall: %v %q", err, got)
 	}
 	if st, _ := os.Stat(exportDir); !ownedBy(st, owner{0, 0}) {
 		t.Errorf("%s was not given back to root", exportDir)
@@ -377,5 +413,87 @@ func TestUnitKnowsConfigExitStatus(t *testing.T) {
 	}
 	if want := "\nRestartPreventExitStatus=" + strconv.Itoa(exitConfig) + "\n"; !strings.Contains(string(units[0].Data), want) {
 		t.Errorf("unit lacks %q", want)
+	}
+}
+
+// A relay without acmetool's state (a new account and certificate are got
+// by the edge) converges in one run too: install's own export folder below
+// /var/lib/acme is no acmetool state to take over the second time.
+func TestInstallWithoutAcmetoolConvergesInOneRun(t *testing.T) {
+	requireInstallTools(t)
+	root := t.TempDir()
+	if err := os.Chmod(root, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeTestFile(t, filepath.Join(root, config.DefaultChatmailINI), "[params]\nmail_domain = "+installDomain+"\n")
+	code, out := runCommand("install", "--root", root)
+	if code != 0 || !strings.Contains(out, "no acmetool state") {
+		t.Fatalf("install: exit %d\n%s", code, out)
+	}
+	installed := treeContents(t, root)
+	code, out = runCommand("install", "--root", root)
+	if code != 0 || !strings.Contains(out, "Nothing to change") || strings.Contains(out, "done ") {
+		t.Errorf("second install: exit %d\n%s", code, out)
+	}
+	if treeContents(t, root) != installed {
+		t.Errorf("the second install changed the tree")
+	}
+}
+
+// An install from before the drop-ins stopped and masked chatmail's units,
+// which `cmdeploy run` cannot start: the next install unmasks them (and
+// replaces those it stands in for), and uninstall leaves them as cmdeploy
+// had them.
+func TestInstallUnmasksWhatAnOlderInstallMasked(t *testing.T) {
+	requireInstallTools(t)
+	root, _ := relayTree(t)
+	cmdeployStates := chatmailUnitStates(t, root)
+	if code, out := runCommand("install", "--root", root); code != 0 {
+		t.Fatalf("install: exit %d\n%s", code, out)
+	}
+	// What the older install left: no drop-ins, masks, and its record. (It
+	// could not mask acmetool's units: cmdeploy puts them into
+	// /etc/systemd/system, where systemctl mask refuses to replace them.)
+	legacy := []string{"nginx.service", "fcgiwrap.service", "fcgiwrap.socket"}
+	for _, u := range replacedUnits {
+		os.Remove(filepath.Join(root, dropInPath(u)))
+	}
+	if out, err := exec.Command("systemctl", append([]string{"--root=" + root, "mask"}, legacy...)...).CombinedOutput(); err != nil {
+		t.Fatalf("mask: %v\n%s", err, out)
+	}
+	in, err := newInstaller(root, false, io.Discard, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, err := in.loadRecord()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec.Replaced = nil
+	for _, u := range legacy {
+		rec.Stopped = append(rec.Stopped, stoppedUnit{Unit: u, Active: true})
+	}
+	if err := in.saveRecord(rec); err != nil {
+		t.Fatal(err)
+	}
+
+	code, out := runCommand("install", "--root", root)
+	if code != 0 || !strings.Contains(out, "done   unmask nginx.service") || !strings.Contains(out, "done   unmask fcgiwrap.socket") {
+		t.Fatalf("install over the older one: exit %d\n%s", code, out)
+	}
+	if got := chatmailUnitStates(t, root); got != cmdeployStates {
+		t.Errorf("chatmail's units:\n%s\nwant them as cmdeploy left them:\n%s", got, cmdeployStates)
+	}
+	if rec, _ := in.loadRecord(); len(rec.Stopped) != 0 || !slices.Contains(rec.Replaced, stoppedUnit{Unit: "nginx.service", Active: true}) {
+		t.Errorf("record after the migration: %+v", rec)
+	}
+	if code, out := runCommand("install", "--root", root); code != 0 || !strings.Contains(out, "Nothing to change") {
+		t.Errorf("second install: exit %d\n%s", code, out)
+	}
+	if code, out := runCommand("uninstall", "--root", root); code != 0 {
+		t.Fatalf("uninstall: exit %d\n%s", code, out)
+	}
+	if got := chatmailUnitStates(t, root); got != cmdeployStates {
+		t.Errorf("chatmail's units after uninstall:\n%s\nwant:\n%s", got, cmdeployStates)
 	}
 }

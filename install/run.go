@@ -60,7 +60,17 @@ func Install(o Options, mode string) error {
 	if err != nil {
 		return err
 	}
-	return in.install(mode, o.Config)
+	unlock, err := in.lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	in.header("install, " + mode + " mode,")
+	rec, err := in.loadRecord()
+	if err != nil {
+		return err
+	}
+	return in.install(rec, mode, o.Config)
 }
 
 // Uninstall gives the relay back to nginx and acmetool.
@@ -69,15 +79,55 @@ func Uninstall(o Options) error {
 	if err != nil {
 		return err
 	}
+	unlock, err := in.lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	return in.uninstall(o.Config)
 }
 
-func (in *installer) install(mode, configFile string) error {
-	in.header("install, " + mode + " mode,")
+// ErrNotInstalled is Reapply's answer where no install is recorded.
+var ErrNotInstalled = errors.New("chatmail-edge is not installed here (no " + installRecordFile + ")")
+
+// Reapply runs an install again in its recorded mode, to put back what
+// another program undid: chatmail-edge-reapply.path runs it when `cmdeploy
+// run` rewrites a file that holds install's changes. It checks and rolls
+// back as install does, leaves the edge running (or stopped) as it is, and
+// ends with one line that says what it did.
+func Reapply(o Options) error {
+	in, err := newInstaller(o.Root, o.DryRun, o.Out, o.Log)
+	if err != nil {
+		return err
+	}
+	in.reapplying = true
+	unlock, err := in.lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	// systemd names the path that set a path unit off (systemd.exec(5),
+	// $TRIGGER_PATH, since version 251).
+	trigger := os.Getenv("TRIGGER_PATH")
+	what := "install --reapply"
+	if trigger != "" {
+		what += " (" + trigger + " changed)"
+	}
+	in.header(what)
 	rec, err := in.loadRecord()
 	if err != nil {
 		return err
 	}
+	if rec.Mode == "" {
+		return ErrNotInstalled
+	}
+	if err := in.install(rec, rec.Mode, o.Config); err != nil {
+		return fmt.Errorf("re-apply %s mode: %w", rec.Mode, err)
+	}
+	return nil
+}
+
+func (in *installer) install(rec *installRecord, mode, configFile string) error {
 	if rec.Mode != "" && rec.Mode != mode {
 		return fmt.Errorf("chatmail-edge is installed in %s mode: run `chatmail-edge uninstall` first to change to %s mode", rec.Mode, mode)
 	}
@@ -124,13 +174,13 @@ func (in *installer) install(mode, configFile string) error {
 	if err != nil {
 		return err
 	}
-	unitsChanged := false
-	for _, u := range units {
-		changed, err := in.writeFile(filepath.Join(unitDir, u.Name), u.Data, 0o644)
-		if err != nil {
-			return err
-		}
-		unitsChanged = unitsChanged || changed
+	unitsChanged, err := in.writeUnits(units)
+	if err != nil {
+		return err
+	}
+	reapplyChanged, reapply, err := in.reapplyUnits(systemd.Params{Binary: binary, Config: configFile, Watch: reapplyWatch(s, mode)})
+	if err != nil {
+		return err
 	}
 	if s.CertMode() == "acme" {
 		if err := in.importAcmetool(s); err != nil {
@@ -139,6 +189,11 @@ func (in *installer) install(mode, configFile string) error {
 		if err := in.giveExportDir(exportCert, user, rec); err != nil {
 			return err
 		}
+		if s.Certs.AcmetoolDir != "" {
+			if err := in.hideAcmetoolTargets(s.Certs.AcmetoolDir, s.MailDomain, rec); err != nil {
+				return err
+			}
+		}
 	}
 	if user.uid >= 0 {
 		if err := in.chownTree(s.StateDir, user); err != nil {
@@ -146,21 +201,70 @@ func (in *installer) install(mode, configFile string) error {
 		}
 	}
 	if mode == "full" {
-		if err := in.applyFull(rec); err != nil {
+		fm, err := fullModeFor(s, binary, configFile)
+		if err != nil {
+			return err
+		}
+		if err := in.applyFull(rec, fm, changed); err != nil {
 			return err
 		}
 	}
 	if err := in.takeOver(rec); err != nil {
 		return err
 	}
-	names := []string{systemd.Service}
+	// Started in reverse: the path units first, the reapply one last, once
+	// the edge runs.
+	var names []string
+	if reapply {
+		names = append(names, systemd.ReapplyPath)
+	}
+	names = append(names, systemd.Service)
 	if exportCert != "" {
 		names = append(names, systemd.ReloadPath)
 	}
-	if err := in.startEdge(names, unitsChanged, restart || unitsChanged, rec); err != nil {
+	if err := in.startEdge(names, unitsChanged || reapplyChanged, restart || unitsChanged, rec); err != nil {
 		return err
 	}
 	return in.summary(s, mode, configFile)
+}
+
+// writeUnits writes unit files and tells whether any changed.
+func (in *installer) writeUnits(units []systemd.Unit) (bool, error) {
+	changed := false
+	for _, u := range units {
+		c, err := in.writeFile(filepath.Join(unitDir, u.Name), u.Data, 0o644)
+		if err != nil {
+			return changed, err
+		}
+		changed = changed || c
+	}
+	return changed, nil
+}
+
+// reapplyUnits writes chatmail-edge-reapply.path and its service when
+// there is something to watch, else takes away those of an earlier
+// install; it tells whether anything changed and whether the units are
+// there.
+func (in *installer) reapplyUnits(p systemd.Params) (changed, present bool, err error) {
+	if len(p.Watch) == 0 {
+		if err := in.stopAndDisable(systemd.ReapplyPath); err != nil {
+			return false, false, err
+		}
+		for _, u := range []string{systemd.ReapplyPath, systemd.ReapplyService} {
+			removed, err := in.removeFile(filepath.Join(unitDir, u))
+			if err != nil {
+				return changed, false, err
+			}
+			changed = changed || removed
+		}
+		return changed, false, nil
+	}
+	units, err := systemd.ReapplyUnits(p)
+	if err != nil {
+		return false, false, err
+	}
+	changed, err = in.writeUnits(units)
+	return changed, true, err
 }
 
 // installBinary puts the binary where the units run it and returns that
@@ -205,7 +309,7 @@ func (in *installer) importAcmetool(s *config.Settings) error {
 	}
 	cfg := s.ACME()
 	what := "take over acmetool's ACME account and certificate from " + cfg.AcmetoolDir
-	if _, err := os.Stat(in.path(cfg.AcmetoolDir)); err != nil {
+	if !in.hasAcmetoolState(cfg.AcmetoolDir, s.MailDomain) {
 		fmt.Fprintf(in.out, "  ok     no acmetool state in %s: the edge gets a new account and certificate\n", cfg.AcmetoolDir)
 		return nil
 	}
@@ -233,6 +337,19 @@ func (in *installer) importAcmetool(s *config.Settings) error {
 		}
 	}
 	return nil
+}
+
+// hasAcmetoolState tells whether acmetool's folder holds something to take
+// over: an account or the mail domain's live certificate. The folder alone
+// is not enough: install itself makes live/<d>/ for the export, and a
+// second run must not find "acmetool state" there that the first did not.
+func (in *installer) hasAcmetoolState(dir, domain string) bool {
+	for _, p := range []string{filepath.Join(dir, "accounts"), filepath.Join(dir, "live", domain, "fullchain")} {
+		if _, err := os.Stat(in.path(p)); err == nil {
+			return true
+		}
+	}
+	return false
 }
 
 // giveExportDir lets the service user write the certificate it exports
@@ -274,91 +391,25 @@ func (in *installer) giveExportDir(exportCert string, user owner, rec *installRe
 	})
 }
 
-// takeOver stops and masks chatmail's nginx, acmetool and fcgiwrap units,
-// recording which ran.
-func (in *installer) takeOver(rec *installRecord) error {
-	for _, u := range takenOver {
-		state := in.unitState(u)
-		if state == "" {
-			continue // not installed
-		}
-		masked := state == "masked" || state == "masked-runtime"
-		active := in.live && in.active(u)
-		err := in.step("stop and mask "+u, !masked || active, func() error {
-			if !slices.ContainsFunc(rec.Stopped, func(s stoppedUnit) bool { return s.Unit == u }) {
-				rec.Stopped = append(rec.Stopped, stoppedUnit{Unit: u, Active: active})
-				if err := in.saveRecord(rec); err != nil {
-					return err
-				}
-			}
-			if active {
-				if _, err := in.systemctl("stop", u); err != nil {
-					return err
-				}
-			}
-			_, err := in.systemctl("mask", u)
-			return err
-		})
-		if err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// giveBack unmasks what takeOver masked and starts what ran.
-func (in *installer) giveBack(rec *installRecord) error {
-	var errs []error
-	for _, u := range slices.Backward(rec.Stopped) {
-		state := in.unitState(u.Unit)
-		err := in.step("unmask "+u.Unit, state == "masked", func() error {
-			_, err := in.systemctl("unmask", u.Unit)
-			return err
-		})
-		errs = append(errs, err)
-		if !in.live {
-			continue
-		}
-		if state == "masked" && !in.dryRun {
-			_, err := runTool(commandTimeout, "systemctl", "daemon-reload")
-			errs = append(errs, err)
-		}
-		errs = append(errs, in.step("start "+u.Unit, u.Active && !in.active(u.Unit), func() error {
-			_, err := in.systemctl("start", u.Unit)
-			return err
-		}))
-	}
-	if err := errors.Join(errs...); err != nil || len(rec.Stopped) == 0 {
-		return err
-	}
-	rec.Stopped = nil
-	return in.saveRecord(rec)
-}
-
 // startEdge enables the units and (live) starts them; systemctl start
 // returns once the edge sent READY=1. If it fails, what install stopped
 // runs again, so the relay is never left without its front end.
 func (in *installer) startEdge(units []string, reloadUnits, restart bool, rec *installRecord) error {
-	if in.live {
-		err := in.step("systemctl daemon-reload", reloadUnits, func() error {
-			_, err := runTool(commandTimeout, "systemctl", "daemon-reload")
-			return err
-		})
-		if err != nil {
-			return err
-		}
+	if err := in.daemonReload(reloadUnits); err != nil {
+		return err
 	}
 	for _, u := range units {
-		err := in.step("enable "+u, in.unitState(u) != "enabled", func() error {
-			_, err := in.systemctl("enable", u)
-			return err
-		})
-		if err != nil {
+		if err := in.enable(u); err != nil {
 			return err
 		}
 	}
 	if !in.live {
 		in.skip("start " + systemd.Service + " and wait for it to report ready")
+		return nil
+	}
+	if in.reapplying {
+		// The edge runs or was stopped on purpose (for cmdeploy's port
+		// check): reapply changes neither. The path units run already.
 		return nil
 	}
 	for _, u := range slices.Backward(units) { // the path unit first
@@ -377,7 +428,8 @@ func (in *installer) startEdge(units []string, reloadUnits, restart bool, rec *i
 		if err != nil {
 			fmt.Fprintf(in.out, "  undo   the edge did not start (see journalctl -u %s): chatmail's front end runs again\n", u)
 			_, _ = runTool(commandTimeout, "systemctl", "stop", systemd.Service)
-			undo := in.giveBack(rec)
+			// Nothing may re-apply what is taken back now.
+			undo := errors.Join(in.stopAndDisable(systemd.ReapplyPath), in.giveBack(rec))
 			if rec.Mode == "full" {
 				undo = errors.Join(undo, in.revertFull(rec))
 			}
@@ -389,12 +441,21 @@ func (in *installer) startEdge(units []string, reloadUnits, restart bool, rec *i
 
 // summary probes the running edge and prints the DNS records (live).
 func (in *installer) summary(s *config.Settings, mode, configFile string) error {
+	if in.reapplying {
+		// The one line of the journal that says what happened.
+		if in.changes == 0 {
+			fmt.Fprintf(in.out, "\nNothing to re-apply: chatmail-edge's changes (%s mode) are in place.\n", mode)
+		} else {
+			fmt.Fprintf(in.out, "\nRe-applied chatmail-edge's changes (%s mode) that another program (cmdeploy run?) undid: %s.\n", mode, changesText(in.changes))
+		}
+		return nil
+	}
 	if in.changes == 0 {
 		fmt.Fprintf(in.out, "\nNothing to change: chatmail-edge is installed (%s mode).\n", mode)
 	} else if in.dryRun {
-		fmt.Fprintf(in.out, "\n%d steps to take.\n", in.changes)
+		fmt.Fprintf(in.out, "\n%d step%s to take.\n", in.changes, plural(in.changes))
 	} else {
-		fmt.Fprintf(in.out, "\nInstalled (%s mode): %d changes. Undo with `chatmail-edge uninstall`.\n", mode, in.changes)
+		fmt.Fprintf(in.out, "\nInstalled (%s mode): %s. Undo with `chatmail-edge uninstall`.\n", mode, changesText(in.changes))
 	}
 	if !in.live || in.dryRun {
 		return nil
@@ -419,6 +480,15 @@ func (in *installer) summary(s *config.Settings, mode, configFile string) error 
 	}
 	return nil
 }
+
+func plural(n int) string {
+	if n == 1 {
+		return ""
+	}
+	return "s"
+}
+
+func changesText(n int) string { return fmt.Sprintf("%d change%s", n, plural(n)) }
 
 // probe runs `probe` against the local edge, on the ports it holds.
 func (in *installer) probe(s *config.Settings, mode string) (bool, error) {
@@ -455,19 +525,9 @@ func (in *installer) uninstall(configFile string) error {
 	if err != nil {
 		return err
 	}
-	for _, u := range []string{systemd.ReloadPath, systemd.Service} {
-		state := in.unitState(u)
-		active := in.live && in.active(u)
-		err := in.step("stop and disable "+u, active || state == "enabled", func() error {
-			if active {
-				if _, err := in.systemctl("stop", u); err != nil {
-					return err
-				}
-			}
-			_, err := in.systemctl("disable", u)
-			return err
-		})
-		if err != nil {
+	// The reapply path first: it would re-apply what uninstall takes back.
+	for _, u := range []string{systemd.ReapplyPath, systemd.ReloadPath, systemd.Service} {
+		if err := in.stopAndDisable(u); err != nil {
 			return err
 		}
 	}
@@ -477,21 +537,15 @@ func (in *installer) uninstall(configFile string) error {
 		}
 	}
 	removedUnits := false
-	for _, u := range []string{systemd.Service, systemd.ReloadPath, systemd.ReloadService} {
+	for _, u := range []string{systemd.Service, systemd.ReloadPath, systemd.ReloadService, systemd.ReapplyPath, systemd.ReapplyService} {
 		removed, err := in.removeFile(filepath.Join(unitDir, u))
 		if err != nil {
 			return err
 		}
 		removedUnits = removedUnits || removed
 	}
-	if in.live {
-		err := in.step("systemctl daemon-reload", removedUnits, func() error {
-			_, err := runTool(commandTimeout, "systemctl", "daemon-reload")
-			return err
-		})
-		if err != nil {
-			return err
-		}
+	if err := in.daemonReload(removedUnits); err != nil {
+		return err
 	}
 	for _, f := range []string{installedBinary, sysusersFile} {
 		if _, err := in.removeFile(f); err != nil {

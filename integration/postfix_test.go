@@ -66,12 +66,12 @@ smtpd_peername_lookup = no
 
 // postfixSMTPS is chatmail's smtps entry of master.cf.j2 on a test port,
 // without chroot and filtermail: what the edge re-encrypts to in tls mode.
-const postfixSMTPS = `127.0.0.1:%d inet  n       -       n       -       5000    smtpd
+var postfixSMTPS = `127.0.0.1:%d inet  n       -       n       -       1000    smtpd
   -o syslog_name=postfix/smtps
   -o smtpd_tls_wrappermode=yes
   -o smtpd_tls_security_level=encrypt
   -o smtpd_tls_mandatory_protocols=>=TLSv1.3
-` + mail.ChatmailSubmissionOptions
+` + mail.ChatmailSubmissionOptions(mail.DefaultMaxSMTPConnections)
 
 // postfixInternalServices are the rest of chatmail's master.cf that local
 // delivery uses, none chrooted.

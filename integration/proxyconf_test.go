@@ -19,9 +19,12 @@ const (
 	proxyDovecotPort = 10993
 	proxyPostfixPort = 10465
 
-	dovecotProxyDropIn  = mail.DovecotProxyDropIn
-	postfixProxyService = mail.PostfixProxyService
+	dovecotProxyDropIn = mail.DovecotProxyDropIn
 )
+
+// postfixProxyService has the limits of chatmail.ini's default
+// max_smtp_connections, as docs/PROXY.md shows it.
+var postfixProxyService = mail.PostfixProxyService(mail.DefaultMaxSMTPConnections)
 
 // forTest adapts a drop-in to a test instance: the loopback port it got,
 // and no chroot (a chroot needs a prepared copy of /etc and libraries

@@ -1,5 +1,7 @@
 package mail
 
+import "strconv"
+
 // The proxy mode drop-ins for Dovecot and Postfix, as docs/PROXY.md gives
 // them to operators, `install --mode full` writes them and the integration
 // suite runs the real daemons with them.
@@ -25,24 +27,36 @@ service imap-login {
 }
 `
 
-	// PostfixProxyService is the master.cf entry (master(5)) that takes
-	// over from chatmail's smtps service.
-	PostfixProxyService = `# chatmail-edge proxy mode: the edge owns 465 and hands each client to
+	// PostfixProxyServiceName is the service's name in master.cf.
+	PostfixProxyServiceName = ProxySMTPAddress
+
+	// DefaultMaxSMTPConnections is chatmail.ini's max_smtp_connections
+	// when it is not set (chatmaild config.py).
+	DefaultMaxSMTPConnections = 1000
+)
+
+// PostfixProxyService is the master.cf entry (master(5)) that takes over
+// from chatmail's smtps service. Its limits are chatmail's since its commit
+// fa5afada (master.cf.j2): at most maxSMTPConnections smtpd processes
+// (chatmail.ini's max_smtp_connections) and a fifth of that per client.
+func PostfixProxyService(maxSMTPConnections int) string {
+	return `# chatmail-edge proxy mode: the edge owns 465 and hands each client to
 # this loopback service, after a PROXY v2 header.
-` + PostfixProxyServiceName + ` inet n       -       y       -       5000    smtpd
+` + PostfixProxyServiceName + ` inet n       -       y       -       ` + strconv.Itoa(maxSMTPConnections) + `    smtpd
   -o syslog_name=postfix/smtps-edge
   -o smtpd_upstream_proxy_protocol=haproxy
   -o smtpd_tls_security_level=none
   -o smtpd_tls_auth_only=no
-` + ChatmailSubmissionOptions + `  -o smtpd_proxy_filter=127.0.0.1:10080
+` + ChatmailSubmissionOptions(maxSMTPConnections) + `  -o smtpd_proxy_filter=127.0.0.1:10080
 `
-	// PostfixProxyServiceName is the service's name in master.cf.
-	PostfixProxyServiceName = ProxySMTPAddress
+}
 
-	// ChatmailSubmissionOptions are the options of chatmail's smtps entry
-	// (master.cf.j2) that have nothing to do with TLS: SASL through
-	// Dovecot and the MUA restrictions.
-	ChatmailSubmissionOptions = `  -o smtpd_sasl_auth_enable=yes
+// ChatmailSubmissionOptions are the options of chatmail's smtps entry
+// (master.cf.j2) that have nothing to do with TLS: SASL through Dovecot,
+// the MUA restrictions and the connection limit per client, a fifth of
+// max_smtp_connections.
+func ChatmailSubmissionOptions(maxSMTPConnections int) string {
+	return `  -o smtpd_sasl_auth_enable=yes
   -o smtpd_sasl_type=dovecot
   -o smtpd_sasl_path=private/auth
   -o smtpd_reject_unlisted_recipient=no
@@ -51,6 +65,6 @@ service imap-login {
   -o smtpd_sender_restrictions=$mua_sender_restrictions
   -o smtpd_recipient_restrictions=
   -o smtpd_relay_restrictions=permit_sasl_authenticated,reject
-  -o smtpd_client_connection_count_limit=1000
+  -o smtpd_client_connection_count_limit=` + strconv.Itoa(maxSMTPConnections/5) + `
 `
-)
+}

@@ -1,12 +1,10 @@
 package mail
 
 import (
-	"bytes"
 	"io"
 	"strings"
 	"time"
 
-	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 	"go.uber.org/zap"
@@ -125,12 +123,10 @@ func (s *submission) Data(r io.Reader) error {
 	}
 	received := time.Now()
 	for i, acct := range s.rcpts {
-		_, err := acct.mailbox.Append("INBOX", bytes.NewReader(msg), &imap.AppendOptions{Time: received})
-		if err != nil {
+		if err := s.delivery.appendToInbox(acct, msg, received); err != nil {
 			s.log.Error("delivery failed", zap.String("from", s.from), zap.String("rcpt", s.rcptAddr[i]), zap.Error(err))
 			return errDeliveryFailed
 		}
-		s.delivery.signalDelivery(acct)
 	}
 	s.log.Info("delivered", zap.String("from", s.from), zap.Strings("rcpts", s.rcptAddr), zap.Int("size", len(msg)))
 	return nil

@@ -50,6 +50,7 @@ type Demo struct {
 	*Service
 	cfg      DemoConfig
 	delivery *mail.LocalDelivery
+	standIns *demoStandIns
 	ca       *acme.LocalCA
 	user     string
 	password string
@@ -83,7 +84,12 @@ func StartDemo(c DemoConfig, log *zap.Logger) (*Demo, error) {
 	if err := delivery.Start(); err != nil {
 		return nil, fmt.Errorf("start local delivery: %w", err)
 	}
-	d := &Demo{cfg: c, delivery: delivery, ca: ca}
+	standIns, err := startDemoStandIns(delivery, c.maxMessageSize(), log.Named("standin"))
+	if err != nil {
+		delivery.Close()
+		return nil, err
+	}
+	d := &Demo{cfg: c, delivery: delivery, standIns: standIns, ca: ca}
 	addr := func(port int) string { return net.JoinHostPort(c.Host, strconv.Itoa(port)) }
 	svc, err := startService(context.Background(), instanceConfig{
 		Domain:   c.Domain,
@@ -103,11 +109,12 @@ func StartDemo(c DemoConfig, log *zap.Logger) (*Demo, error) {
 		},
 		NewAccount: delivery.CreateAccount,
 
-		Web:          c.webConfig(),
+		Web:          c.webConfig(standIns),
 		AdminAddr:    net.JoinHostPort("127.0.0.1", strconv.Itoa(c.AdminPort)),
 		MetadataFile: c.metadataFile(),
 	}, certs, nil, log, nil)
 	if err != nil {
+		standIns.Close()
 		delivery.Close()
 		return nil, err
 	}
@@ -137,6 +144,7 @@ func (d *Demo) Shutdown() {
 	if d.Service != nil {
 		d.Service.Shutdown()
 	}
+	d.standIns.Close()
 	d.delivery.Close()
 }
 

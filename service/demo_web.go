@@ -10,9 +10,9 @@ import (
 )
 
 // demoWeb holds what tests change in the demo's web side; the zero value is
-// the demo: the built-in site, accounts from the local delivery, chatmail's
-// upstream addresses (usually absent on a developer's machine, so the status
-// page shows them down), and the METADATA file in the state folder.
+// the demo: the built-in site, accounts from the local delivery, the
+// in-process stand-ins for filtermail and iroh-relay (demo_standins.go),
+// and the METADATA file in the state folder.
 type demoWeb struct {
 	SiteDir         string
 	NewAccountCGI   string
@@ -23,7 +23,9 @@ type demoWeb struct {
 	MetadataFile    string
 }
 
-func (c DemoConfig) webConfig() web.Config {
+// webConfig is the demo's web side; the stand-ins serve the upstreams
+// demoWeb leaves empty.
+func (c DemoConfig) webConfig(standIns *demoStandIns) web.Config {
 	w := web.Config{
 		SiteDir:         c.web.SiteDir,
 		NewAccountCGI:   c.web.NewAccountCGI,
@@ -36,12 +38,20 @@ func (c DemoConfig) webConfig() web.Config {
 		Autoconfig: web.AutoconfigPorts{Custom: true},
 	}
 	if w.MXDeliv == "" {
-		w.MXDeliv = web.DefaultMXDeliv
+		w.MXDeliv = standIns.MXDeliv
 	}
 	if w.IrohRelay == "" {
-		w.IrohRelay = web.DefaultIrohRelay
+		w.IrohRelay = standIns.IrohRelay
 	}
 	return w
+}
+
+// maxMessageSize is the demo's chatmail.ini max_message_size.
+func (c DemoConfig) maxMessageSize() int64 {
+	if c.web.MaxMessageSize > 0 {
+		return c.web.MaxMessageSize
+	}
+	return 31457280 // chatmaild's default
 }
 
 func (c DemoConfig) metadataFile() string {
@@ -58,6 +68,7 @@ func (d *Demo) adminURL() string {
 
 func (d *Demo) printWebRows(row func(k, v string)) {
 	row("ECH config file (METADATA)", d.cfg.metadataFile())
+	row("filtermail, iroh-relay", "in-process stand-ins behind /mxdeliv and /relay, /ping, /generate_204")
 	row("status page", "https://"+net.JoinHostPort(d.cfg.Domain, strconv.Itoa(d.port("https")))+"/status")
 	row("admin: status and /metrics", d.adminURL()+"/")
 }

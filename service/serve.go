@@ -222,6 +222,7 @@ func edgeLimitsFrom(s *config.Settings) edge.Limits {
 			NewPerSecond:   s.NewConnectionsPerAddress,
 			Exempt:         s.ExemptNetworks,
 		},
+		MinTLS: edge.MinTLS{HTTP: s.MinTLS, IMAP: s.IMAPBackend.MinTLS, SMTP: s.SMTPBackend.MinTLS},
 	}
 }
 

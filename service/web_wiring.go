@@ -330,5 +330,6 @@ func webConfigFrom(s *config.Settings) web.Config {
 		UpstreamTimeout:     s.UpstreamTimeout,
 		MTASTS:              web.MTASTSConfig{Mode: s.MTASTSMode, MaxAge: int64(s.MTASTSMaxAge)},
 		ProbeInterval:       s.ProbeInterval,
+		AccessLog:           s.AccessLog,
 	}
 }

@@ -9,7 +9,7 @@ import (
 	"text/template"
 )
 
-//go:embed *.service *.path *.sysusers
+//go:embed *.service *.path *.sysusers *.takeover.conf
 var files embed.FS
 
 // Unit names.
@@ -20,6 +20,15 @@ const (
 	// MetadataProxy is `chatmail-edge metadata-proxy` (docs/METADATA.md),
 	// for full mode, where Dovecot's mail_attribute_dict points at it.
 	MetadataProxy = "chatmail-edge-metadata.service"
+	// ReapplyPath watches the files `cmdeploy run` rewrites over what
+	// install changed in them and has ReapplyService run `install
+	// --reapply`.
+	ReapplyPath    = "chatmail-edge-reapply.path"
+	ReapplyService = "chatmail-edge-reapply.service"
+	// DropIn is the name of the drop-in (systemd.unit(5), "<unit>.d/")
+	// with which install turns chatmail's nginx and acmetool units into
+	// no-ops (TakeoverDropIn).
+	DropIn = "chatmail-edge.conf"
 	// User is the service user that Sysusers creates.
 	User     = "chatmail-edge"
 	Sysusers = "chatmail-edge.sysusers"
@@ -35,6 +44,8 @@ type Params struct {
 	Config     string // the edge's configuration file
 	ExportCert string // the certificate exported for Postfix and Dovecot; "" for none
 	ECHFile    string // the edge's [ech] metadata_file, for MetadataProxyUnit
+	// Watch are the files ReapplyUnits watch.
+	Watch []string
 }
 
 // Unit is one rendered file.
@@ -69,6 +80,43 @@ func MetadataProxyUnit(p Params) (Unit, error) {
 	}
 	data, err := render(MetadataProxy, p)
 	return Unit{Name: MetadataProxy, Data: data}, err
+}
+
+// ReapplyUnits renders the path unit that watches p.Watch and the service
+// it runs, `install --reapply`.
+func ReapplyUnits(p Params) ([]Unit, error) {
+	if len(p.Watch) == 0 {
+		return nil, fmt.Errorf("unit %s: nothing to watch", ReapplyPath)
+	}
+	var units []Unit
+	for _, name := range []string{ReapplyPath, ReapplyService} {
+		data, err := render(name, p)
+		if err != nil {
+			return nil, err
+		}
+		units = append(units, Unit{Name: name, Data: data})
+	}
+	return units, nil
+}
+
+// TakeoverDropIn is the drop-in that makes unit, one of chatmail's front
+// end units that the edge stands in for, a no-op that succeeds: nginx's
+// also starts the edge. ok is false for a unit it has none for.
+func TakeoverDropIn(unit string) (data []byte, ok bool) {
+	var name string
+	switch unit {
+	case "nginx.service":
+		name = "nginx.takeover.conf"
+	case "acmetool-redirector.service", "acmetool-reconcile.service":
+		name = "acmetool.takeover.conf"
+	default:
+		return nil, false
+	}
+	data, err := files.ReadFile(name)
+	if err != nil {
+		panic(err) // embedded
+	}
+	return data, true
 }
 
 // SysusersConf is the sysusers.d(5) entry of the service user.

@@ -185,3 +185,86 @@ func TestServiceKeepsPublishedFileWhenStopped(t *testing.T) {
 		t.Error("the edge's unit removes /run/chatmail-edge when it stops")
 	}
 }
+
+// The reapply units verify, watch what they are given and run `install
+// --reapply` with the configuration.
+func TestReapplyUnits(t *testing.T) {
+	bin := requireSystemdAnalyze(t)
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	watch := []string{"/etc/dovecot/dovecot.conf", "/etc/postfix/master.cf"}
+	units, err := ReapplyUnits(Params{Binary: self, Config: "/etc/chatmail-edge/chatmail-edge.ini", Watch: watch})
+	if err != nil || len(units) != 2 || units[0].Name != ReapplyPath || units[1].Name != ReapplyService {
+		t.Fatalf("ReapplyUnits: %v %v", units, err)
+	}
+	dir := t.TempDir()
+	var paths []string
+	for _, u := range units {
+		p := filepath.Join(dir, u.Name)
+		os.WriteFile(p, u.Data, 0o644)
+		paths = append(paths, p)
+	}
+	for _, w := range watch {
+		if !strings.Contains(string(units[0].Data), "\nPathChanged="+w+"\n") {
+			t.Errorf("%s does not watch %s:\n%s", ReapplyPath, w, units[0].Data)
+		}
+	}
+	if !strings.Contains(string(units[1].Data), "\nExecStart="+self+" install --reapply --config /etc/chatmail-edge/chatmail-edge.ini\n") {
+		t.Errorf("%s:\n%s", ReapplyService, units[1].Data)
+	}
+	out, err := exec.Command(bin, append([]string{"verify", "--man=no"}, paths...)...).CombinedOutput()
+	if err != nil || len(strings.TrimSpace(string(out))) > 0 {
+		t.Fatalf("systemd-analyze verify: %v\n%s", err, out)
+	}
+	if _, err := ReapplyUnits(Params{Binary: self}); err == nil {
+		t.Error("rendered with nothing to watch")
+	}
+}
+
+// The drop-ins verify on top of the units they change: Debian 12's
+// nginx.service and cmdeploy's acmetool units (install/testdata/cmdeploy),
+// loaded from a unit folder as systemd loads them (SYSTEMD_UNIT_PATH, with
+// the system's folders after it for the targets they name).
+func TestTakeoverDropInsVerify(t *testing.T) {
+	bin := requireSystemdAnalyze(t)
+	dir := t.TempDir()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	edge, err := Units(Params{Binary: self, Config: "/etc/chatmail-edge/chatmail-edge.ini"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(dir, Service), edge[0].Data, 0o644)
+	for _, unit := range []string{"nginx.service", "acmetool-redirector.service", "acmetool-reconcile.service"} {
+		data, err := os.ReadFile(filepath.Join("../install/testdata/cmdeploy", unit))
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(filepath.Join(dir, unit), data, 0o644)
+		dropIn, ok := TakeoverDropIn(unit)
+		if !ok || !strings.Contains(string(dropIn), "\nExecStart=\nExecStart=/bin/true\n") {
+			t.Fatalf("%s: drop-in %v\n%s", unit, ok, dropIn)
+		}
+		os.MkdirAll(filepath.Join(dir, unit+".d"), 0o755)
+		os.WriteFile(filepath.Join(dir, unit+".d", DropIn), dropIn, 0o644)
+		cmd := exec.Command(bin, "verify", "--man=no", unit)
+		cmd.Env = append(os.Environ(), "SYSTEMD_UNIT_PATH="+dir+":")
+		out, err := cmd.CombinedOutput()
+		if err != nil || len(strings.TrimSpace(string(out))) > 0 {
+			t.Errorf("systemd-analyze verify %s with its drop-in: %v\n%s", unit, err, out)
+		}
+	}
+	nginx, _ := TakeoverDropIn("nginx.service")
+	for _, line := range []string{"Wants=" + Service, "PartOf=" + Service, "Type=oneshot", "RemainAfterExit=yes", "ExecStop=", "ExecStartPre="} {
+		if !strings.Contains(string(nginx), "\n"+line+"\n") {
+			t.Errorf("nginx's drop-in lacks %q", line)
+		}
+	}
+	if _, ok := TakeoverDropIn("fcgiwrap.service"); ok {
+		t.Error("a drop-in for fcgiwrap, which cmdeploy runs and nothing uses")
+	}
+}

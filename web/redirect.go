@@ -9,7 +9,7 @@ import (
 // RedirectHandler answers plain HTTP (:80): everything moves to https on the
 // same host, as chatmail's nginx does (`return 301 https://$host$request_uri`).
 func (s *Server) RedirectHandler() http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return s.accessLogged(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		host := requestHost(r)
 		if host == "" || !validHost(host) {
 			host = s.cfg.Domain
@@ -20,7 +20,7 @@ func (s *Server) RedirectHandler() http.Handler {
 			host = hostForURL(host)
 		}
 		http.Redirect(w, r, "https://"+host+r.URL.RequestURI(), http.StatusMovedPermanently)
-	})
+	}))
 }
 
 // validHost accepts DNS names and IP literals, nothing that could turn the

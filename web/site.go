@@ -63,6 +63,10 @@ func (st *site) open() (fs.FS, func(), error) {
 // nginx does. Folders are never listed.
 func serveFromFS(w http.ResponseWriter, r *http.Request, fsys fs.FS) {
 	name := strings.TrimPrefix(path.Clean("/"+r.URL.Path), "/")
+	if hidden(name) {
+		http.NotFound(w, r)
+		return
+	}
 	if name == "" {
 		name = "."
 	}
@@ -94,6 +98,20 @@ func serveFromFS(w http.ResponseWriter, r *http.Request, fsys fs.FS) {
 		return
 	}
 	http.ServeContent(w, r, info.Name(), info.ModTime(), content)
+}
+
+// hidden tells whether a path in the site folder names a dotfile or lies in
+// a dot-folder (.git/HEAD, .env, .htpasswd): never served, since a site
+// folder that is a git checkout would hand out its history and whatever
+// else sits there. /.well-known/ is the exception (RFC 8615): cmdeploy's
+// autoconfig and MTA-STS files and ACME challenges live there.
+func hidden(name string) bool {
+	for i, part := range strings.Split(name, "/") {
+		if strings.HasPrefix(part, ".") && (i > 0 || part != ".well-known") {
+			return true
+		}
+	}
+	return false
 }
 
 // openIndex opens the first index file of folder dir.

@@ -106,3 +106,27 @@ func TestAcceptsGzip(t *testing.T) {
 		}
 	}
 }
+
+// TestSiteHidesDotfiles: a site folder that is a git checkout does not give
+// its history away, nor any other dotfile; /.well-known/ is served.
+func TestSiteHidesDotfiles(t *testing.T) {
+	site := t.TempDir()
+	for name, data := range map[string]string{
+		".git/HEAD": "ref: refs/heads/main\n", ".env": "SECRET=1\n", "sub/.htpasswd": "admin:x\n",
+		".well-known/acme-challenge/token": "token.key", ".well-known/.hidden": "no", "page.html": "page",
+	} {
+		os.MkdirAll(filepath.Dir(filepath.Join(site, name)), 0o755)
+		os.WriteFile(filepath.Join(site, name), []byte(data), 0o644)
+	}
+	h := newTestServerWith(t, Config{Domain: "chat.example", SiteDir: site}, nil).Handler()
+	for _, p := range []string{"/.git/HEAD", "/.git/", "/.git", "/.env", "/sub/.htpasswd", "/.well-known/.hidden", "/%2egit/HEAD"} {
+		if rec := do(h, "GET", "https://chat.example"+p); rec.Code != 404 {
+			t.Errorf("GET %s: %d %q, want 404", p, rec.Code, rec.Body)
+		}
+	}
+	for p, want := range map[string]string{"/.well-known/acme-challenge/token": "token.key", "/page.html": "page"} {
+		if rec := do(h, "GET", "https://chat.example"+p); rec.Code != 200 || rec.Body.String() != want {
+			t.Errorf("GET %s: %d %q, want %q", p, rec.Code, rec.Body, want)
+		}
+	}
+}

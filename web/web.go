@@ -59,6 +59,10 @@ type Config struct {
 
 	// ProbeInterval is how often service health is checked. Default 30s.
 	ProbeInterval time.Duration
+
+	// AccessLog logs every request of the HTTPS and plain-HTTP handlers,
+	// one line each in nginx's combined format (accesslog.go).
+	AccessLog bool
 }
 
 // Deps are what the web server reads from the rest of the edge. Only Log
@@ -224,7 +228,7 @@ func handlePrefix(mux *http.ServeMux, path string, h http.Handler) {
 // (mta-sts.<d>, <d>, an unknown or missing one) gets the relay's site, like
 // nginx's default_server.
 func (s *Server) Handler() http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return s.accessLogged(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch requestHost(r) {
 		case "www." + s.cfg.Domain:
 			// nginx: return 301 $scheme://<d>$request_uri
@@ -241,7 +245,15 @@ func (s *Server) Handler() http.Handler {
 			}
 		}
 		s.mux.ServeHTTP(w, r)
-	})
+	}))
+}
+
+// accessLogged adds the access log to h when it is on.
+func (s *Server) accessLogged(h http.Handler) http.Handler {
+	if !s.cfg.AccessLog {
+		return h
+	}
+	return withAccessLog(h, s.log.Named("access"))
 }
 
 // AdminHandler serves the loopback admin listener: the detailed status
