@@ -39,8 +39,9 @@ const (
 	docDir         = "/usr/share/doc/chatmail-edge"
 	// As install writes the units, for the defaults of chatmail-edge.ini
 	// (package main's defaultConfigFile, and [acme] export_cert).
-	unitConfig     = "/etc/chatmail-edge/chatmail-edge.ini"
-	unitExportCert = "/var/lib/acme/live/<mail_domain>/fullchain"
+	unitConfig         = "/etc/chatmail-edge/chatmail-edge.ini"
+	unitExportCert     = "/var/lib/acme/live/<mail_domain>/fullchain"
+	unitAcmetoolTarget = "/var/lib/acme/desired/<mail_domain>"
 )
 
 // lintianOverrides are lintian's findings that are so by design.
@@ -126,6 +127,13 @@ func (p pkg) files() ([]pkgFile, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The reapply units as install writes them in the default mode: they
+	// watch acmetool's target (full mode adds dovecot.conf and master.cf).
+	reapply, err := systemd.ReapplyUnits(systemd.Params{Binary: packagedBinary, Config: unitConfig, Watch: []string{unitAcmetoolTarget}})
+	if err != nil {
+		return nil, err
+	}
+	units = append(units, reapply...)
 	for _, u := range append(units, proxy, systemd.Unit{Name: systemd.Sysusers, Data: systemd.SysusersConf()}) {
 		files = append(files, pkgFile{docDir + "/systemd/" + u.Name, 0o644, u.Data})
 	}

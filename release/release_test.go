@@ -261,7 +261,8 @@ func TestPackage(t *testing.T) {
 	}
 	for _, f := range []string{"README.md", "README.Debian", "changelog.gz", "copyright", "chatmail-edge.ini.example",
 		"systemd/chatmail-edge.service", "systemd/chatmail-edge-mail-reload.path", "systemd/chatmail-edge-mail-reload.service",
-		"systemd/chatmail-edge-metadata.service", "systemd/chatmail-edge.sysusers"} {
+		"systemd/chatmail-edge-metadata.service", "systemd/chatmail-edge.sysusers",
+		"systemd/chatmail-edge-reapply.path", "systemd/chatmail-edge-reapply.service"} {
 		want[doc+f] = "-rw-r--r--"
 	}
 	docs, err := os.ReadDir(filepath.Join(root, "docs"))
