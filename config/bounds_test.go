@@ -30,6 +30,8 @@ func TestEveryNumberHasBounds(t *testing.T) {
 		{"web", "upstream_timeout", "1h", "upstream_timeout: want a duration from 1s to 10m0s"},
 		{"admin", "probe_interval", "2h", "probe_interval: want a duration from 1s to 1h0m0s"},
 		{"mta-sts", "max_age", "31557601", "max_age: want seconds from 1 to 31557600"},
+		{"store", "timeout", "2m", "timeout: want a duration from 100ms to 1m0s"},
+		{"store", "lock_ttl", "1s", "lock_ttl: want a duration from 5s to 10m0s"},
 	}
 	for _, c := range cases {
 		path := filepath.Join(dir, "edge.ini")
