@@ -77,6 +77,9 @@ type Store struct {
 
 	mu   sync.Mutex
 	held map[string]*concurrency.Session // locks held, by name
+
+	closeOnce sync.Once
+	closeErr  error
 }
 
 var (
@@ -420,16 +423,21 @@ func (s *Store) drop(sess *concurrency.Session) {
 }
 
 // Close releases the locks still held, stops the probe and the watches,
-// and closes the connection.
+// and closes the connection. Calls after the first do nothing.
 func (s *Store) Close() error {
-	s.mu.Lock()
-	held := s.held
-	s.held = map[string]*concurrency.Session{}
-	s.mu.Unlock()
-	for _, sess := range held {
-		s.drop(sess)
-	}
-	s.cancel()
-	s.wg.Wait()
-	return s.client.Close()
+	s.closeOnce.Do(func() {
+		s.mu.Lock()
+		held := s.held
+		s.held = map[string]*concurrency.Session{}
+		s.mu.Unlock()
+		for _, sess := range held {
+			s.drop(sess)
+		}
+		s.cancel()
+		// Closing the client ends the watches: etcd's watch channel does not
+		// close on its context while the store cannot be reached.
+		s.closeErr = s.client.Close()
+		s.wg.Wait()
+	})
+	return s.closeErr
 }
