@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -361,6 +362,19 @@ func TestStoreNodesOutlastTheStore(t *testing.T) {
 	down := time.Now()
 	nd.etcd.Stop()
 	acmetest.WaitFor(t, 20*time.Second, "every node saying the store is unreachable", func() error { return nd.storeShown(false, list) })
+	metrics, err := nd.edges[0].metrics()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rules, err := os.ReadFile("../docs/prometheus-alerts.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range regexp.MustCompile(`chatmail_edge_store_[a-z_]+`).FindAllString(string(rules), -1) {
+		if !regexp.MustCompile(`(?m)^` + name + `[{ ]`).MatchString(metrics) {
+			t.Errorf("the alert rules use %s, which /metrics does not export while the store is down", name)
+		}
+	}
 	tick := time.NewTicker(500 * time.Millisecond)
 	defer tick.Stop()
 	for time.Since(down) < storeOutage {
