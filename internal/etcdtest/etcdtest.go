@@ -61,6 +61,9 @@ type Options struct {
 	// CertFile and KeyFile, and requires client certificates signed by
 	// the CA in ClientCAFile when that is set.
 	CertFile, KeyFile, ClientCAFile string
+	// ClientTLS is how Start itself connects to a TLS server, to see that
+	// it answers.
+	ClientTLS *tls.Config
 }
 
 // Start starts an etcd server for t, or skips t (fails it, with
@@ -174,7 +177,7 @@ func (e *Etcd) Start() {
 
 // answers reads a key, as a client would.
 func (e *Etcd) answers() error {
-	c, err := e.Client(nil)
+	c, err := e.Client(e.opts.ClientTLS)
 	if err != nil {
 		return err
 	}
