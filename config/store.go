@@ -31,7 +31,7 @@ func (s StoreSettings) Shared() bool { return len(s.EtcdEndpoints) > 0 }
 
 // storeOptions follow the web's in `config describe`.
 var storeOptions = []option{
-	{"store", "etcd_endpoints", "", "etcd client URLs (space-separated) of the store that several edge nodes for one relay share: the ACME account, the certificates with certmagic's locks, and the ECH keys live there instead of in state_dir, so one node orders, renews or rotates and every node serves the result (docs/NODES.md). https://HOST:2379 (with tls_ca), http:// on loopback only (the store holds private keys), or unix:// and unixs:// sockets. The store must be reachable by the nodes alone: TLS client certificates (tls_cert) or etcd users (username). Empty: no shared store, one node keeps everything in state_dir. Needs a restart.",
+	{"store", "etcd_endpoints", "", "etcd client URLs (space-separated) of the store that several edge nodes for one relay share: the ACME account, the certificates with certmagic's locks, and the ECH keys live there instead of in state_dir, so one node orders, renews or rotates and every node serves the result (docs/NODES.md). https://HOST:2379 (with tls_ca), http:// on loopback only (the store holds private keys), or unix:// and unixs:// sockets. The store must be reachable by the nodes alone: TLS client certificates (tls_cert) or etcd users (username). Each node keeps a copy of what it read in store-copy/ in state_dir, to start from while the store does not answer. Empty: no shared store, one node keeps everything in state_dir. Needs a restart.",
 		func(s *Settings, v string) error {
 			eps := strings.Fields(v)
 			for _, ep := range eps {

@@ -19,7 +19,7 @@ type certs struct {
 
 // newCerts makes the certificate source; with a shared store, acme mode
 // keeps everything there.
-func newCerts(s *config.Settings, shared *store.Store, log *zap.Logger) (*certs, error) {
+func newCerts(s *config.Settings, shared *store.Cached, log *zap.Logger) (*certs, error) {
 	cfg := s.CertSource()
 	if shared != nil {
 		cfg.ACME.Storage = shared

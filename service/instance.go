@@ -53,7 +53,7 @@ type instanceConfig struct {
 	Listen func(name, addr string) (*net.TCPListener, error)
 	// Shared is the store several nodes share ([store], store.go): the ECH
 	// keys are there; nil keeps them in StateDir.
-	Shared *store.Store
+	Shared *store.Cached
 }
 
 // listenTCP is instanceConfig.Listen when none is given.

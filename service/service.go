@@ -63,7 +63,7 @@ func startServe(ctx context.Context, s *config.Settings, log *zap.Logger, listen
 	} else if note != "" {
 		log.Warn(note)
 	}
-	shared, err := OpenStore(ctx, s.Store, log)
+	shared, err := openServeStore(ctx, s, log)
 	if err != nil {
 		return nil, err
 	}
@@ -75,7 +75,7 @@ func startServe(ctx context.Context, s *config.Settings, log *zap.Logger, listen
 }
 
 // startServeOn is startServe once the shared store (if any) answers.
-func startServeOn(ctx context.Context, s *config.Settings, shared *store.Store, log *zap.Logger, listen func(name, addr string) (*net.TCPListener, error), onListening func(*instance) error) (*Service, error) {
+func startServeOn(ctx context.Context, s *config.Settings, shared *store.Cached, log *zap.Logger, listen func(name, addr string) (*net.TCPListener, error), onListening func(*instance) error) (*Service, error) {
 	c, err := newCerts(s, shared, log)
 	if err != nil {
 		return nil, err

@@ -3,6 +3,7 @@ package service
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 	"time"
 
 	"chatmail-edge/config"
@@ -48,25 +49,51 @@ func OpenStore(ctx context.Context, st config.StoreSettings, log *zap.Logger) (*
 	if !st.Shared() {
 		return nil, nil
 	}
-	s, err := store.Open(ctx, StoreConfig(st), log.Named("store"))
+	return store.Open(ctx, StoreConfig(st), log.Named("store"))
+}
+
+// storeCopyDir, in state_dir, holds serve's copy of what it read from and
+// wrote to the shared store (store.Cached).
+const storeCopyDir = "store-copy"
+
+// openServeStore connects serve to the shared store the settings name, with
+// a copy in state_dir; nil without a store. A store that does not answer
+// at the start is an error naming its endpoints, unless the copy holds
+// what an earlier run had: then the node starts from it, as it would go
+// on serving had it kept running, and catches up once the store answers.
+func openServeStore(ctx context.Context, s *config.Settings, log *zap.Logger) (*store.Cached, error) {
+	if !s.Store.Shared() {
+		return nil, nil
+	}
+	remote, err := store.Dial(StoreConfig(s.Store), log.Named("store"))
 	if err != nil {
 		return nil, err
 	}
-	log.Info("using the shared store", zap.String("store", s.String()))
-	return s, nil
-}
-
-// ECHPlace is where the ECH keys are: in the shared store when there is
-// one, else in state_dir.
-func ECHPlace(shared *store.Store, stateDir string) ech.Place {
-	if shared != nil {
-		return ech.InStorage(shared)
+	shared, err := store.NewCached(remote, filepath.Join(s.StateDir, storeCopyDir))
+	if err != nil {
+		remote.Close()
+		return nil, err
 	}
-	return ech.InFolder(ech.Dir(stateDir))
+	if err := remote.Check(ctx); err != nil {
+		if !shared.HasCopy() {
+			remote.Close()
+			return nil, fmt.Errorf("%w; and %s holds no copy to start from", err, filepath.Join(s.StateDir, storeCopyDir))
+		}
+		log.Warn("the shared store does not answer; starting from this node's copy of it", zap.String("copy", filepath.Join(s.StateDir, storeCopyDir)), zap.Error(err))
+		return shared, nil
+	}
+	log.Info("using the shared store", zap.String("store", remote.String()))
+	return shared, nil
 }
 
-// echPlace is where this edge's ECH keys are.
-func (cfg instanceConfig) echPlace() ech.Place { return ECHPlace(cfg.Shared, cfg.StateDir) }
+// echPlace is where this edge's ECH keys are: in the shared store when
+// there is one, else in state_dir.
+func (cfg instanceConfig) echPlace() ech.Place {
+	if cfg.Shared != nil {
+		return ech.InStorage(cfg.Shared)
+	}
+	return ech.InFolder(ech.Dir(cfg.StateDir))
+}
 
 // ensureECHKeys loads the ECH keys, making the first if there is none.
 func (cfg instanceConfig) ensureECHKeys(names []string, log *zap.Logger) (*ech.KeySet, error) {

@@ -343,9 +343,10 @@ const storeOutage = 10 * time.Second
 
 // Issue 20's acceptance, the store down: etcd killed for storeOutage. Every
 // node keeps serving TLS with ECH with what it holds, and its status page
-// and metrics say the store is unreachable; a node stopped meanwhile
-// stops. etcd started again on its data folder, every node says so, and a
-// rotation right after the return reaches them all.
+// and metrics say the store is unreachable; a node restarted meanwhile
+// starts from its copy of the store. etcd started again on its data
+// folder, every node says so, and a rotation right after the return
+// reaches them all.
 func TestStoreNodesOutlastTheStore(t *testing.T) {
 	nd := startStoreNodes(t, 3, "outage.test", acmetest.Options{})
 	for _, e := range nd.edges {
@@ -391,9 +392,26 @@ func TestStoreNodesOutlastTheStore(t *testing.T) {
 		<-tick.C
 	}
 	// A node stopped while the store is down stops (it waits for no
-	// request to the store beyond its timeout).
+	// request to the store beyond its timeout), and starts again from its
+	// copy of the store: the same certificates and ECH keys, and it says
+	// the store is unreachable.
 	nd.edges[2].Shutdown()
-	nd.edges, nd.metadata = nd.edges[:2], nd.metadata[:2]
+	restarted, err := nd.envs[2].startErr(t)
+	if err != nil {
+		t.Fatalf("node 2 restarted while the store is down: %v", err)
+	}
+	nd.edges[2] = restarted
+	for _, name := range nd.names {
+		if _, err := restarted.dialECH(name, nd.pebble.Roots()); err != nil {
+			t.Fatalf("node 2 restarted while the store is down, %s: %v", name, err)
+		}
+	}
+	if got := restarted.echKeys.Load().ConfigList(); !bytes.Equal(got, list) {
+		t.Fatal("node 2 restarted with other ECH keys")
+	}
+	if err := nd.storeShown(false, list); err != nil {
+		t.Fatal(err)
+	}
 
 	nd.etcd.Start()
 	acmetest.WaitFor(t, 30*time.Second, "every node saying the store is back", func() error { return nd.storeShown(true, list) })
@@ -401,8 +419,8 @@ func TestStoreNodesOutlastTheStore(t *testing.T) {
 	acmetest.WaitFor(t, 30*time.Second, "the rotation after the return on every node", func() error { return nd.converged(old, cur) })
 }
 
-// A node that starts while the store does not answer fails at once, and
-// says which store.
+// A node that starts while the store does not answer, with no copy of it
+// from an earlier run, fails at once and says which store.
 func TestStoreUnreachableAtStart(t *testing.T) {
 	endpoint := "unix://" + filepath.Join(t.TempDir(), "no-etcd:1")
 	env := newServeEnv(t, "lonely.test", "front.lonely.test", acmetest.Options{}, "[store]\netcd_endpoints = "+endpoint+"\ntimeout = 500ms\n")
@@ -410,7 +428,7 @@ func TestStoreUnreachableAtStart(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), endpoint) || !strings.Contains(err.Error(), "does not answer") {
 		t.Fatalf("start without the store: %v; want an error naming %s", err, endpoint)
 	}
-	if errors.Is(err, config.ErrConfig) {
-		t.Fatal("an unreachable store is not a configuration error")
+	if errors.Is(err, config.ErrConfig) || !strings.Contains(err.Error(), "holds no copy") {
+		t.Fatalf("start without the store: %v; want no configuration error, and the copy named", err)
 	}
 }

@@ -66,8 +66,32 @@ const maxResponse = 4 << 20
 
 // Open connects to the store and asks it once: a store that does not
 // answer within Timeout is an error naming the endpoints (a node that
-// starts has nothing to serve without it). Close it when done.
+// starts with nothing at hand has nothing to serve without it). Close it
+// when done.
 func Open(ctx context.Context, cfg Config, log *zap.Logger) (*Store, error) {
+	s, err := Dial(cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.Check(ctx); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Check asks the store whether it answers; the error names the endpoints.
+func (s *Store) Check(ctx context.Context) error {
+	if err := s.probe(ctx); err != nil {
+		return fmt.Errorf("shared store: etcd at %s does not answer: %w", strings.Join(s.cfg.Endpoints, ", "), err)
+	}
+	return nil
+}
+
+// Dial sets up the connection to the store without asking it anything: it
+// fails only for a configuration that cannot work (files, settings). A
+// store that does not answer yet shows in Health. Close it when done.
+func Dial(cfg Config, log *zap.Logger) (*Store, error) {
 	if len(cfg.Endpoints) == 0 {
 		return nil, errors.New("shared store: no etcd endpoints")
 	}
@@ -126,11 +150,6 @@ func Open(ctx context.Context, cfg Config, log *zap.Logger) (*Store, error) {
 		run: run, cancel: cancel, held: map[string]*concurrency.Session{},
 	}
 	s.health = newHealth(cfg.Endpoints, log)
-	if err := s.probe(ctx); err != nil {
-		cancel()
-		client.Close()
-		return nil, fmt.Errorf("shared store: etcd at %s does not answer: %w", strings.Join(cfg.Endpoints, ", "), err)
-	}
 	s.wg.Go(s.probeLoop)
 	return s, nil
 }

@@ -21,6 +21,10 @@
 // the client keeps alive while it holds the lock: a node that crashed or
 // lost the store lets its locks go after Config.LockTTL.
 //
+// Cached adds a copy in a folder of the node, answering what the store
+// does not while it is down, so that a node restarted meanwhile serves
+// what it had.
+//
 // The store holds private keys (certificates' and ECH's): it must be
 // reachable only by the nodes, with TLS client certificates or etcd's
 // users (Config), never open on a network.
@@ -120,9 +124,22 @@ func (s *Store) call(ctx context.Context, what string, f func(ctx context.Contex
 		s.health.record(err)
 	}
 	if err != nil {
-		return fmt.Errorf("%s in the shared store (%s): %w", what, strings.Join(s.cfg.Endpoints, ","), err)
+		return &requestError{fmt.Errorf("%s in the shared store (%s): %w", what, strings.Join(s.cfg.Endpoints, ","), err)}
 	}
 	return nil
+}
+
+// requestError is a request the store did not answer (or refused): the
+// node's copy (Cached) answers instead.
+type requestError struct{ err error }
+
+func (e *requestError) Error() string { return e.err.Error() }
+func (e *requestError) Unwrap() error { return e.err }
+
+// unanswered tells an error of a request the store did not answer.
+func unanswered(err error) bool {
+	var re *requestError
+	return errors.As(err, &re)
 }
 
 // Store puts value at key.

@@ -368,3 +368,75 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		return errors.New("not yet")
 	})
 }
+
+// Cached answers from its copy what the store does not answer: values it
+// read or wrote, lists and stats; changes and locks need the store. The
+// copy follows the store: what another node deleted leaves it.
+func TestCachedAnswersFromItsCopy(t *testing.T) {
+	e := etcdtest.Start(t, etcdtest.Options{})
+	s := open(t, e, Config{ProbeInterval: 50 * time.Millisecond, Timeout: 500 * time.Millisecond})
+	other := open(t, e, Config{})
+	dir := t.TempDir()
+	c, err := NewCached(s, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if c.HasCopy() {
+		t.Fatal("a new copy holds something")
+	}
+	c.Store(ctx, "certificates/a/a.crt", []byte("written here"))
+	other.Store(ctx, "certificates/a/a.key", []byte("written elsewhere"))
+	other.Store(ctx, "ech/keys/1.pem", []byte("key 1"))
+	other.Store(ctx, "ech/keys/2.pem", []byte("key 2"))
+	for _, k := range []string{"certificates/a/a.key", "ech/keys/1.pem", "ech/keys/2.pem"} {
+		if _, err := c.Load(ctx, k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	other.Delete(ctx, "ech/keys/1.pem") // retired by another node
+	if keys, err := c.List(ctx, "ech/keys", false); err != nil || !slices.Equal(keys, []string{"ech/keys/2.pem"}) {
+		t.Fatalf("list: %v, %v", keys, err)
+	}
+	if !c.HasCopy() {
+		t.Fatal("the copy is empty")
+	}
+
+	e.Stop()
+	waitFor(t, "the store to count as unreachable", func() bool { return !c.Health().Up })
+	for k, want := range map[string]string{"certificates/a/a.crt": "written here", "certificates/a/a.key": "written elsewhere", "ech/keys/2.pem": "key 2"} {
+		if v, err := c.Load(ctx, k); err != nil || string(v) != want {
+			t.Errorf("while down, load %s: %q, %v", k, v, err)
+		}
+	}
+	if _, err := c.Load(ctx, "ech/keys/1.pem"); err == nil {
+		t.Error("while down, the key deleted elsewhere loads from the copy")
+	}
+	if keys, err := c.List(ctx, "ech/keys", false); err != nil || !slices.Equal(keys, []string{"ech/keys/2.pem"}) {
+		t.Errorf("while down, list: %v, %v", keys, err)
+	}
+	if !c.Exists(ctx, "certificates/a") || c.Exists(ctx, "certificates/b") {
+		t.Error("while down, Exists does not answer from the copy")
+	}
+	if info, err := c.Stat(ctx, "certificates/a/a.crt"); err != nil || info.Size != int64(len("written here")) {
+		t.Errorf("while down, stat: %+v, %v", info, err)
+	}
+	if err := c.Store(ctx, "certificates/a/a.crt", []byte("changed")); err == nil {
+		t.Error("a change while the store is down was taken")
+	}
+	if v, _ := c.Load(ctx, "certificates/a/a.crt"); string(v) != "written here" {
+		t.Errorf("the refused change reached the copy: %q", v)
+	}
+	short, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	if err := c.Lock(short, "x"); err == nil {
+		t.Error("a lock while the store is down")
+	}
+
+	e.Start()
+	waitFor(t, "the store to count as reachable", func() bool { return c.Health().Up })
+	other.Store(ctx, "certificates/a/a.crt", []byte("renewed elsewhere"))
+	if v, err := c.Load(ctx, "certificates/a/a.crt"); err != nil || string(v) != "renewed elsewhere" {
+		t.Fatalf("after the return: %q, %v", v, err)
+	}
+}
