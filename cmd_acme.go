@@ -52,7 +52,16 @@ func cmdACME(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer log.Sync()
-	m, err := acme.NewManager(s.ACME(), log.Named("acme"))
+	cfg := s.ACME()
+	shared, err := service.OpenStore(context.Background(), s.Store, log)
+	if err != nil {
+		return err
+	}
+	if shared != nil {
+		defer shared.Close()
+		cfg.Storage = shared // the account the nodes share
+	}
+	m, err := acme.NewManager(cfg, log.Named("acme"))
 	if err != nil {
 		return fmt.Errorf("%w: %w", config.ErrConfig, err)
 	}

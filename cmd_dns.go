@@ -18,7 +18,7 @@ import (
 // with what a resolver answers.
 func cmdDNS(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("dns", stderr, "dns [flags]")
-	stateDir := fs.String("state", "", "state folder with the ECH keys (default: state_dir of the configuration)")
+	stateDir := fs.String("state", "", "state folder with the ECH keys (default: the shared store of [store], else state_dir of the configuration)")
 	var ipv4, ipv6 ipList
 	fs.Var(&ipv4, "ipv4", "the relay's public IPv4 address (repeat or comma-separate for several; default: the interfaces' public addresses)")
 	fs.Var(&ipv6, "ipv6", "the relay's public IPv6 address (likewise; none with disable_ipv6 in chatmail.ini)")
@@ -45,10 +45,22 @@ func cmdDNS(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer log.Sync()
-	zone, err := dnszone.Build(s, dnszone.Options{
+	opts := dnszone.Options{
 		StateDir: *stateDir, IPv4: v4, IPv6: v6, DKIMKey: *dkimFile, DKIMSelector: *dkimSelector,
 		AccountURL: *accountURL, TLSRPTRUA: *tlsrptRUA, Log: log,
-	})
+	}
+	if *stateDir == "" {
+		// The ECH keys and the ACME account are in the shared store, if any.
+		shared, err := service.OpenStore(context.Background(), s.Store, log)
+		if err != nil {
+			return err
+		}
+		if shared != nil {
+			defer shared.Close()
+			opts.Shared = shared
+		}
+	}
+	zone, err := dnszone.Build(s, opts)
 	if errors.Is(err, dnszone.ErrNoName) {
 		fmt.Fprintf(stdout, "; mail_domain %s: %v.\n", s.MailDomain, err)
 		return nil

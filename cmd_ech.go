@@ -1,15 +1,21 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
-	"path/filepath"
+	"path"
 	"time"
 
 	"chatmail-edge/config"
 	"chatmail-edge/ech"
+	"chatmail-edge/service"
 )
+
+// echCommandTimeout bounds an ech command on the shared store, where a
+// rotation may wait for another node's lock on the key set.
+const echCommandTimeout = 2 * time.Minute
 
 func cmdECH(args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
@@ -17,8 +23,8 @@ func cmdECH(args []string, stdout, stderr io.Writer) error {
 	}
 	sub, args := args[0], args[1:]
 	fs := newFlagSet("ech "+sub, stderr, "ech "+sub+" [flags]")
-	stateDir := fs.String("state", "", "state folder (default: state_dir of "+config.DefaultFile+", else /var/lib/chatmail-edge)")
-	configFile := fs.String("config", config.DefaultFile, "the edge's configuration file, for state_dir")
+	stateDir := fs.String("state", "", "state folder (default: the shared store of [store] in "+config.DefaultFile+", else its state_dir, else /var/lib/chatmail-edge)")
+	configFile := fs.String("config", config.DefaultFile, "the edge's configuration file, for [store] and state_dir")
 	var format, domain, publicName *string
 	var port *int
 	var grace *time.Duration
@@ -40,20 +46,38 @@ func cmdECH(args []string, stdout, stderr io.Writer) error {
 	if fs.NArg() > 0 {
 		return fmt.Errorf("%w: unexpected argument %q", errUsage, fs.Arg(0))
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), echCommandTimeout)
+	defer cancel()
+	place := ech.InFolder(ech.Dir(*stateDir))
 	if *stateDir == "" {
-		*stateDir = config.StateDirOf(*configFile)
+		place = ech.InFolder(ech.Dir(config.StateDirOf(*configFile)))
+		st, err := config.StoreOf(*configFile)
+		if err != nil {
+			return err
+		}
+		log, err := service.NewLogger(stderr, "warn")
+		if err != nil {
+			return err
+		}
+		shared, err := service.OpenStore(ctx, st, log)
+		if err != nil {
+			return err
+		}
+		if shared != nil {
+			defer shared.Close()
+			place = ech.InStorage(shared)
+		}
 	}
-	dir := ech.Dir(*stateDir)
 	now := time.Now()
 
 	switch sub {
 	case "show":
-		set, err := ech.Load(dir)
+		set, err := ech.LoadFrom(ctx, place)
 		if err != nil {
 			return err
 		}
 		if set.Current() == nil {
-			return fmt.Errorf("no ECH keys in %s (the edge creates one when it starts)", dir)
+			return fmt.Errorf("no ECH keys in %s (the edge creates one when it starts)", place)
 		}
 		out, err := set.Format(*format, *domain, *port, now)
 		if errors.Is(err, ech.ErrUnknownFormat) {
@@ -65,15 +89,15 @@ func cmdECH(args []string, stdout, stderr io.Writer) error {
 		_, err = stdout.Write(out)
 		return err
 	case "rotate":
-		key, set, err := ech.RotateLike(dir, *publicName, now)
+		key, set, err := ech.RotateLikeIn(ctx, place, *publicName, now)
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(stdout, "added ECH key config_id %d (%s); %d keys now, older ones stay decrypt-only.\n", key.Parsed().ConfigID, filepath.Base(key.File), len(set.Keys))
-		fmt.Fprintf(stdout, "A running edge picks it up within a minute (or at once with `systemctl reload chatmail-edge`).\nNew ECHConfigList: %s\n", set.Base64())
+		fmt.Fprintf(stdout, "added ECH key config_id %d (%s) in %s; %d keys now, older ones stay decrypt-only.\n", key.Parsed().ConfigID, path.Base(key.File), place, len(set.Keys))
+		fmt.Fprintf(stdout, "A running edge (every node on the shared store) picks it up within 30 seconds (or at once with `systemctl reload chatmail-edge`).\nNew ECHConfigList: %s\n", set.Base64())
 		return nil
 	default: // retire
-		removed, set, err := ech.Retire(dir, *grace, now)
+		removed, set, err := ech.RetireIn(ctx, place, *grace, now)
 		if err != nil {
 			return err
 		}

@@ -34,6 +34,8 @@ func TestEveryNumberHasBounds(t *testing.T) {
 		{"web", "min_tls", "1.1", `min_tls: want 1.2 or 1.3, got "1.1"`},
 		{"imap", "min_tls", "TLSv1.3", `min_tls: want 1.2 or 1.3, got "TLSv1.3"`},
 		{"web", "access_log", "yes", `access_log: want on or off, got "yes"`},
+		{"store", "timeout", "2m", "timeout: want a duration from 100ms to 1m0s"},
+		{"store", "lock_ttl", "1s", "lock_ttl: want a duration from 5s to 10m0s"},
 	}
 	for _, c := range cases {
 		path := filepath.Join(dir, "edge.ini")

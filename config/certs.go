@@ -60,7 +60,7 @@ var certOptions = []option{
 		str(func(s *Settings) *string { return &s.Certs.FallbackEABKeyID })},
 	{"acme", "fallback_eab_hmac_key", "", "External account binding HMAC key (base64url) for fallback_ca.",
 		str(func(s *Settings) *string { return &s.Certs.FallbackEABHMAC })},
-	{"acme", "storage", "", "Folder for ACME accounts and certificates (certmagic's layout, keys 0600). Empty means acme/ in state_dir.",
+	{"acme", "storage", "", "Folder for ACME accounts and certificates (certmagic's layout, keys 0600). Empty means acme/ in state_dir. With a shared store ([store]) they are there instead.",
 		str(func(s *Settings) *string { return &s.Certs.Storage })},
 	{"acme", "challenges", "http-01 tls-alpn-01", "Challenge types to answer: http-01 on the http listener, tls-alpn-01 on the https one (RFC 8737).",
 		func(s *Settings, v string) error {

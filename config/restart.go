@@ -26,6 +26,7 @@ type Restart struct {
 	PublicName    string        `key:"[ech] public_name"`
 	MetadataFile  string        `key:"[ech] metadata_file"`
 	CertMode      string        `key:"certificate mode ([tls] cert, chatmail.ini)"`
+	Store         StoreSettings `key:"[store]"`
 	// ACME is the [acme] section, compared only when both are in acme mode
 	// (it means nothing in the others).
 	ACME *CertSettings `key:"[acme]"`
@@ -38,7 +39,7 @@ func (s *Settings) Restart() Restart {
 		AdminAddress: s.AdminAddress, HeaderTimeout: s.HeaderTimeout, SendTimeout: s.SendTimeout,
 		ControlSocket: s.ControlSocket, StateDir: s.StateDir, LogLevel: s.LogLevel,
 		MailDomain: s.MailDomain, PublicName: s.ECHPublicName, MetadataFile: s.ECHMetadataFile,
-		CertMode: s.CertMode(),
+		CertMode: s.CertMode(), Store: s.Store,
 	}
 	if r.CertMode == "acme" {
 		certs := s.Certs

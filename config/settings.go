@@ -78,6 +78,9 @@ type Settings struct {
 	// [web], [mta-sts], [admin]: see web_config.go.
 	WebSettings
 
+	// [store]: see store.go.
+	Store StoreSettings
+
 	// From chatmail.ini ([params]).
 	MailDomain     string
 	MaxMessageSize int64
@@ -191,7 +194,7 @@ func backendMode(p func(*Settings) *string) func(*Settings, string) error {
 // options lists every key of the configuration file, in the order
 // `config describe` prints them: the core's, the certificates', the web's.
 // It is static data, never modified.
-var options = slices.Concat(coreOptions, certOptions, webOptions)
+var options = slices.Concat(coreOptions, certOptions, webOptions, storeOptions)
 
 var coreOptions = []option{
 	{"edge", "chatmail_ini", DefaultChatmailINI, "The relay's chatmail.ini; mail_domain, max_message_size and disable_ipv6 come from it.",
@@ -282,11 +285,7 @@ func Load(path string, required bool) (*Settings, error) {
 // chatmail.ini below root ("/", or the folder `install --root` fills).
 func FromFile(f *ini.File, root string) (*Settings, error) {
 	s := &Settings{}
-	for _, o := range options {
-		if err := o.set(s, o.def); err != nil && o.def != "" {
-			panic(fmt.Sprintf("default of %s.%s: %v", o.section, o.key, err))
-		}
-	}
+	setDefaults(s, options)
 	if f != nil {
 		if err := applyFile(s, f); err != nil {
 			return nil, fmt.Errorf("%w: %w", ErrConfig, err)
@@ -295,11 +294,23 @@ func FromFile(f *ini.File, root string) (*Settings, error) {
 	if err := s.readChatmailINI(filepath.Join(root, s.ChatmailINI)); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
 	}
+	if err := s.checkStore(); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
 	if s.HelloTimeout > s.HandshakeTimeout {
 		return nil, fmt.Errorf("%w: %s: hello_timeout %v is longer than handshake_timeout %v (%s)", ErrConfig,
 			s.where("edge.hello_timeout"), s.HelloTimeout, s.HandshakeTimeout, s.where("edge.handshake_timeout"))
 	}
 	return s, nil
+}
+
+// setDefaults sets the default of each of opts.
+func setDefaults(s *Settings, opts []option) {
+	for _, o := range opts {
+		if err := o.set(s, o.def); err != nil && o.def != "" {
+			panic(fmt.Sprintf("default of %s.%s: %v", o.section, o.key, err))
+		}
+	}
 }
 
 // where is the place in the edge's file where key ("section.key") was

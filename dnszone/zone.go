@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 
 	"chatmail-edge/acme"
@@ -21,6 +22,9 @@ import (
 // record; without an answer the record goes without accounturi.
 const dnsAccountURLTimeout = 30 * time.Second
 
+// dnsECHTimeout bounds reading the ECH keys from the shared store.
+const dnsECHTimeout = time.Minute
+
 // Defaults of Options.
 const (
 	DefaultDKIMKey      = defaultDKIMKey
@@ -30,6 +34,9 @@ const (
 // Options are what the records need beyond the settings.
 type Options struct {
 	StateDir string // folder with the ECH keys; "" is the settings' state_dir
+	// Shared is the store several nodes share ([store]): the ECH keys and
+	// the ACME account are read there unless StateDir names a folder.
+	Shared certmagic.Storage
 	// IPv4 and IPv6 are the relay's public addresses; with none of either,
 	// the interfaces' public addresses.
 	IPv4, IPv6   []net.IP
@@ -61,8 +68,13 @@ func Build(s *config.Settings, o Options) (*Zone, error) {
 	if net.ParseIP(strings.Trim(d, "[]")) != nil {
 		return nil, ErrNoName
 	}
+	place := ech.InFolder(ech.Dir(o.StateDir))
 	if o.StateDir == "" {
 		o.StateDir = s.StateDir
+		place = ech.InFolder(ech.Dir(s.StateDir))
+		if o.Shared != nil {
+			place = ech.InStorage(o.Shared)
+		}
 	}
 	if o.DKIMKey == "" {
 		o.DKIMKey = defaultDKIMKey
@@ -77,7 +89,7 @@ func Build(s *config.Settings, o Options) (*Zone, error) {
 	if err := in.addresses(o.IPv4, o.IPv6, s.DisableIPv6); err != nil {
 		return nil, err
 	}
-	if err := in.ech(o.StateDir, s.HTTPSPort()); err != nil {
+	if err := in.ech(place, s.HTTPSPort()); err != nil {
 		return nil, err
 	}
 	if !in.selfSigned {
@@ -92,7 +104,7 @@ func Build(s *config.Settings, o Options) (*Zone, error) {
 		url := o.AccountURL
 		var why error
 		if url == "" {
-			url, why = accountURL(s, o.Log)
+			url, why = accountURL(s, o.Shared, o.Log)
 		}
 		in.caa, in.caaNote = caaIssuers(s.ACME(), url)
 		if why != nil {
@@ -142,13 +154,15 @@ func (in *zoneInputs) addresses(v4, v6 []net.IP, disableIPv6 bool) error {
 
 // ech loads the current ECH key's config list for the HTTPS record; before
 // the edge made a key there is none (which the output says).
-func (in *zoneInputs) ech(stateDir string, port int) error {
-	keys, err := ech.Load(ech.Dir(stateDir))
+func (in *zoneInputs) ech(place ech.Place, port int) error {
+	ctx, cancel := context.WithTimeout(context.Background(), dnsECHTimeout)
+	defer cancel()
+	keys, err := ech.LoadFrom(ctx, place)
 	if err != nil {
 		return err
 	}
 	if keys.Current() == nil {
-		in.echNote = fmt.Sprintf("No ECH key in %s yet: the edge makes one when it starts.", ech.Dir(stateDir))
+		in.echNote = fmt.Sprintf("No ECH key in %s yet: the edge makes one when it starts.", place)
 		return nil
 	}
 	in.httpsRR = ech.HTTPSRecord(in.domain, port, []string{"h2", "http/1.1"}, dnsTTL, keys.ConfigList())
@@ -158,8 +172,10 @@ func (in *zoneInputs) ech(stateDir string, port int) error {
 
 // accountURL is the edge's ACME account URL, as `acme account-url` gets it:
 // the stored one, else acmetool's account or a new one, which asks the CA.
-func accountURL(s *config.Settings, log *zap.Logger) (string, error) {
-	m, err := acme.NewManager(s.ACME(), log.Named("acme"))
+func accountURL(s *config.Settings, shared certmagic.Storage, log *zap.Logger) (string, error) {
+	cfg := s.ACME()
+	cfg.Storage = shared
+	m, err := acme.NewManager(cfg, log.Named("acme"))
 	if err != nil {
 		return "", err
 	}

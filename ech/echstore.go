@@ -2,6 +2,7 @@ package ech
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -39,7 +40,155 @@ const (
 // error naming the file: a key must never be dropped silently, since clients
 // hold its config. So is a config_id used twice, and a dir or key file that
 // group or others may access (they hold secrets).
-func Load(dir string) (*KeySet, error) {
+func Load(dir string) (*KeySet, error) { return LoadFrom(context.Background(), InFolder(dir)) }
+
+// Ensure loads the keys in dir and, only if there are none, generates
+// and stores a first one (created reports that). It never replaces or deletes
+// a key: a key file that does not load is an error, since a silently new key
+// would break every client that cached the old config.
+func Ensure(dir, publicName string, maxNameLen uint8, now time.Time) (set *KeySet, created bool, err error) {
+	return EnsureIn(context.Background(), InFolder(dir), publicName, maxNameLen, now)
+}
+
+// Rotate adds a new current key with a config_id unique among the live
+// keys. Older keys stay, decrypt-only, until Retire removes them.
+func Rotate(dir, publicName string, maxNameLen uint8, now time.Time) (*Key, *KeySet, error) {
+	return RotateIn(context.Background(), InFolder(dir), publicName, maxNameLen, now)
+}
+
+// Retire removes the keys superseded more than grace ago: those whose
+// next newer key was created before now-grace. The current key is never
+// removed. On error, set still holds every key left on disk.
+func Retire(dir string, grace time.Duration, now time.Time) (removed []*Key, set *KeySet, err error) {
+	return RetireIn(context.Background(), InFolder(dir), grace, now)
+}
+
+// LoadFrom reads the key set at p, as Load reads a folder.
+func LoadFrom(ctx context.Context, p Place) (*KeySet, error) { return p.load(ctx) }
+
+// EnsureIn is Ensure for the key set at p: on a shared store, the first
+// node to start makes the first key and every other one loads it.
+func EnsureIn(ctx context.Context, p Place, publicName string, maxNameLen uint8, now time.Time) (set *KeySet, created bool, err error) {
+	set, err = p.load(ctx)
+	if err != nil {
+		return nil, false, fmt.Errorf("ensure ECH keys in %s: %w", p, err)
+	}
+	if len(set.Keys) > 0 {
+		return set, false, nil
+	}
+	if err := checkPublicName(publicName); err != nil { // before making the dir
+		return nil, false, fmt.Errorf("ensure ECH keys in %s: %w", p, err)
+	}
+	err = p.locked(ctx, func(locked *KeySet) error {
+		set = locked
+		if len(locked.Keys) > 0 {
+			return nil // another process made the first key meanwhile
+		}
+		k, err := addECHKey(ctx, p, locked, publicName, maxNameLen, now)
+		if err != nil {
+			return err
+		}
+		set, created = NewKeySet(k), true
+		return nil
+	})
+	if err != nil {
+		return nil, false, fmt.Errorf("ensure ECH keys in %s: %w", p, err)
+	}
+	return set, created, nil
+}
+
+// RotateIn is Rotate for the key set at p.
+func RotateIn(ctx context.Context, p Place, publicName string, maxNameLen uint8, now time.Time) (*Key, *KeySet, error) {
+	if err := checkPublicName(publicName); err != nil { // before making the dir
+		return nil, nil, fmt.Errorf("rotate ECH key in %s: %w", p, err)
+	}
+	var k *Key
+	var set *KeySet
+	err := p.locked(ctx, func(locked *KeySet) error {
+		// The new key must sort first, or it would never be published.
+		if cur := locked.Current(); cur != nil && !now.Truncate(time.Millisecond).After(cur.Created) {
+			return fmt.Errorf("now (%s) is not after the current key's creation (%s)", now.UTC().Format(time.RFC3339), cur.Created.Format(time.RFC3339))
+		}
+		var err error
+		k, err = addECHKey(ctx, p, locked, publicName, maxNameLen, now)
+		if err != nil {
+			return err
+		}
+		set = NewKeySet(append(locked.Keys, k)...)
+		return nil
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("rotate ECH key in %s: %w", p, err)
+	}
+	return k, set, nil
+}
+
+// RetireIn is Retire for the key set at p.
+func RetireIn(ctx context.Context, p Place, grace time.Duration, now time.Time) (removed []*Key, set *KeySet, err error) {
+	if grace < 0 {
+		return nil, nil, fmt.Errorf("retire ECH keys in %s: negative grace %s", p, grace)
+	}
+	set, err = p.load(ctx)
+	if err != nil {
+		return nil, nil, fmt.Errorf("retire ECH keys in %s: %w", p, err)
+	}
+	if len(set.Keys) < 2 {
+		return nil, set, nil // nothing but the current key, if any
+	}
+	cutoff := now.Add(-grace)
+	err = p.locked(ctx, func(locked *KeySet) error {
+		var keep []*Key
+		var errs []error
+		for i, k := range locked.Keys {
+			if i == 0 || !locked.Keys[i-1].Created.Before(cutoff) {
+				keep = append(keep, k)
+				continue
+			}
+			if err := p.remove(ctx, k); err != nil {
+				keep = append(keep, k)
+				errs = append(errs, err)
+				continue
+			}
+			removed = append(removed, k)
+		}
+		set = NewKeySet(keep...)
+		if len(removed) > 0 {
+			errs = append(errs, p.removed(ctx))
+		}
+		return errors.Join(errs...)
+	})
+	if err != nil {
+		return removed, set, fmt.Errorf("retire ECH keys in %s: %w", p, err)
+	}
+	return removed, set, nil
+}
+
+// Place is where a key set lives: a folder of this machine (InFolder), the
+// default for one node, or a store that several nodes share (InStorage).
+// Changes are made under the place's lock, across processes and nodes.
+type Place interface {
+	String() string // for errors: the folder, or the store
+	load(ctx context.Context) (*KeySet, error)
+	// locked holds the place's lock and calls fn with the keys loaded
+	// under it.
+	locked(ctx context.Context, fn func(locked *KeySet) error) error
+	// add stores a new key, never over another; remove removes one;
+	// removed makes the removals durable.
+	add(ctx context.Context, k *Key) error
+	remove(ctx context.Context, k *Key) error
+	removed(ctx context.Context) error
+}
+
+// InFolder is the key set in dir, one RFC 9934 PEM file per key.
+func InFolder(dir string) Place { return folder(dir) }
+
+// folder is a Place: key files in a folder, under a flock(2).
+type folder string
+
+func (f folder) String() string { return string(f) }
+
+func (f folder) load(context.Context) (*KeySet, error) {
+	dir := string(f)
 	info, err := os.Stat(dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return NewKeySet(), nil
@@ -58,7 +207,6 @@ func Load(dir string) (*KeySet, error) {
 		return nil, fmt.Errorf("load ECH keys: %w", err)
 	}
 	var keys []*Key
-	byID := make(map[uint8]*Key)
 	for _, e := range entries {
 		name := e.Name()
 		if strings.HasPrefix(name, ".") || !strings.HasSuffix(name, echKeyFileSuffix) {
@@ -71,120 +219,26 @@ func Load(dir string) (*KeySet, error) {
 		if err != nil {
 			return nil, err
 		}
+		keys = append(keys, k)
+	}
+	return checkedKeySet(keys)
+}
+
+// checkedKeySet is the set of keys, whose config_ids must differ.
+func checkedKeySet(keys []*Key) (*KeySet, error) {
+	byID := make(map[uint8]*Key, len(keys))
+	for _, k := range keys {
 		if other := byID[k.ConfigID()]; other != nil {
 			return nil, fmt.Errorf("load ECH keys: %s and %s both use config_id 0x%02x", other.File, k.File, k.ConfigID())
 		}
 		byID[k.ConfigID()] = k
-		keys = append(keys, k)
 	}
 	return NewKeySet(keys...), nil
 }
 
-// Ensure loads the keys in dir and, only if there are none, generates
-// and stores a first one (created reports that). It never replaces or deletes
-// a key: a key file that does not load is an error, since a silently new key
-// would break every client that cached the old config.
-func Ensure(dir, publicName string, maxNameLen uint8, now time.Time) (set *KeySet, created bool, err error) {
-	set, err = Load(dir)
-	if err != nil {
-		return nil, false, fmt.Errorf("ensure ECH keys in %s: %w", dir, err)
-	}
-	if len(set.Keys) > 0 {
-		return set, false, nil
-	}
-	if err := checkPublicName(publicName); err != nil { // before making the dir
-		return nil, false, fmt.Errorf("ensure ECH keys in %s: %w", dir, err)
-	}
-	err = withLockedECHDir(dir, func(locked *KeySet) error {
-		set = locked
-		if len(locked.Keys) > 0 {
-			return nil // another process made the first key meanwhile
-		}
-		k, err := addECHKey(dir, locked, publicName, maxNameLen, now)
-		if err != nil {
-			return err
-		}
-		set, created = NewKeySet(k), true
-		return nil
-	})
-	if err != nil {
-		return nil, false, fmt.Errorf("ensure ECH keys in %s: %w", dir, err)
-	}
-	return set, created, nil
-}
-
-// Rotate adds a new current key with a config_id unique among the live
-// keys. Older keys stay, decrypt-only, until Retire removes them.
-func Rotate(dir, publicName string, maxNameLen uint8, now time.Time) (*Key, *KeySet, error) {
-	if err := checkPublicName(publicName); err != nil { // before making the dir
-		return nil, nil, fmt.Errorf("rotate ECH key in %s: %w", dir, err)
-	}
-	var k *Key
-	var set *KeySet
-	err := withLockedECHDir(dir, func(locked *KeySet) error {
-		// The new key must sort first, or it would never be published.
-		if cur := locked.Current(); cur != nil && !now.Truncate(time.Millisecond).After(cur.Created) {
-			return fmt.Errorf("now (%s) is not after the current key's creation (%s)", now.UTC().Format(time.RFC3339), cur.Created.Format(time.RFC3339))
-		}
-		var err error
-		k, err = addECHKey(dir, locked, publicName, maxNameLen, now)
-		if err != nil {
-			return err
-		}
-		set = NewKeySet(append(locked.Keys, k)...)
-		return nil
-	})
-	if err != nil {
-		return nil, nil, fmt.Errorf("rotate ECH key in %s: %w", dir, err)
-	}
-	return k, set, nil
-}
-
-// Retire removes the keys superseded more than grace ago: those whose
-// next newer key was created before now-grace. The current key is never
-// removed. On error, set still holds every key left on disk.
-func Retire(dir string, grace time.Duration, now time.Time) (removed []*Key, set *KeySet, err error) {
-	if grace < 0 {
-		return nil, nil, fmt.Errorf("retire ECH keys in %s: negative grace %s", dir, grace)
-	}
-	set, err = Load(dir)
-	if err != nil {
-		return nil, nil, fmt.Errorf("retire ECH keys in %s: %w", dir, err)
-	}
-	if len(set.Keys) < 2 {
-		return nil, set, nil // nothing but the current key, if any
-	}
-	cutoff := now.Add(-grace)
-	err = withLockedECHDir(dir, func(locked *KeySet) error {
-		var keep []*Key
-		var errs []error
-		for i, k := range locked.Keys {
-			if i == 0 || !locked.Keys[i-1].Created.Before(cutoff) {
-				keep = append(keep, k)
-				continue
-			}
-			if err := os.Remove(k.File); err != nil {
-				keep = append(keep, k)
-				errs = append(errs, err)
-				continue
-			}
-			removed = append(removed, k)
-		}
-		set = NewKeySet(keep...)
-		if len(removed) > 0 {
-			errs = append(errs, syncDir(dir))
-		}
-		return errors.Join(errs...)
-	})
-	if err != nil {
-		return removed, set, fmt.Errorf("retire ECH keys in %s: %w", dir, err)
-	}
-	return removed, set, nil
-}
-
-// withLockedECHDir creates dir if needed, holds its lock across processes,
-// and calls fn with the keys loaded under the lock.
-func withLockedECHDir(dir string, fn func(locked *KeySet) error) error {
+// locked creates the folder if needed and holds its lock across processes.
+func (f folder) locked(ctx context.Context, fn func(locked *KeySet) error) error {
+	dir := string(f)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
@@ -193,15 +247,21 @@ func withLockedECHDir(dir string, fn func(locked *KeySet) error) error {
 		return err
 	}
 	defer unlock()
-	locked, err := Load(dir)
+	locked, err := f.load(ctx)
 	if err != nil {
 		return err
 	}
 	return fn(locked)
 }
 
+func (f folder) add(_ context.Context, k *Key) error { return writeECHKeyFile(string(f), k) }
+
+func (f folder) remove(_ context.Context, k *Key) error { return os.Remove(k.File) }
+
+func (f folder) removed(context.Context) error { return syncDir(string(f)) }
+
 // addECHKey generates a key with a config_id unused in set and stores it.
-func addECHKey(dir string, set *KeySet, publicName string, maxNameLen uint8, now time.Time) (*Key, error) {
+func addECHKey(ctx context.Context, p Place, set *KeySet, publicName string, maxNameLen uint8, now time.Time) (*Key, error) {
 	id, err := randomConfigID(set.configIDs())
 	if err != nil {
 		return nil, err
@@ -210,7 +270,7 @@ func addECHKey(dir string, set *KeySet, publicName string, maxNameLen uint8, now
 	if err != nil {
 		return nil, err
 	}
-	if err := writeECHKeyFile(dir, k); err != nil {
+	if err := p.add(ctx, k); err != nil {
 		return nil, err
 	}
 	return k, nil
@@ -284,6 +344,12 @@ func decodeECHKeyFile(f *os.File) (*Key, error) {
 	if err != nil {
 		return nil, err
 	}
+	return decodeECHKey(data, info.ModTime())
+}
+
+// decodeECHKey reads a key in its file's form; a key without a created
+// line was created at modified (older files of the folder had none).
+func decodeECHKey(data []byte, modified time.Time) (*Key, error) {
 	config, priv, err := decodeECHKeyPEM(data)
 	if err != nil {
 		return nil, err
@@ -293,7 +359,10 @@ func decodeECHKeyFile(f *os.File) (*Key, error) {
 		return nil, err
 	}
 	if created.IsZero() {
-		created = info.ModTime().UTC().Truncate(time.Millisecond)
+		if modified.IsZero() {
+			return nil, errors.New("no created line")
+		}
+		created = modified.UTC().Truncate(time.Millisecond)
 	}
 	return &Key{Config: config, PrivateKey: priv, Created: created}, nil
 }
@@ -336,17 +405,22 @@ func Dir(stateDir string) string { return filepath.Join(stateDir, "ech") }
 // RotateLike adds a new key like the current one: with its public_name
 // (unless publicName is given) and its padding length. It is `ech rotate`.
 func RotateLike(dir, publicName string, now time.Time) (*Key, *KeySet, error) {
-	set, err := Load(dir)
+	return RotateLikeIn(context.Background(), InFolder(dir), publicName, now)
+}
+
+// RotateLikeIn is RotateLike for the key set at p.
+func RotateLikeIn(ctx context.Context, p Place, publicName string, now time.Time) (*Key, *KeySet, error) {
+	set, err := p.load(ctx)
 	if err != nil {
 		return nil, nil, err
 	}
 	cur := set.Current()
 	if cur == nil {
-		return nil, nil, fmt.Errorf("no ECH keys in %s to rotate (the edge creates the first when it starts)", dir)
+		return nil, nil, fmt.Errorf("no ECH keys in %s to rotate (the edge creates the first when it starts)", p)
 	}
 	parsed := cur.Parsed()
 	if publicName == "" {
 		publicName = parsed.PublicName
 	}
-	return Rotate(dir, publicName, parsed.MaxNameLen, now)
+	return RotateIn(ctx, p, publicName, parsed.MaxNameLen, now)
 }

@@ -6,6 +6,7 @@ import (
 
 	"chatmail-edge/acme"
 	"chatmail-edge/config"
+	"chatmail-edge/store"
 
 	"go.uber.org/zap"
 )
@@ -16,8 +17,14 @@ type certs struct {
 	acme.Source
 }
 
-func newCerts(s *config.Settings, log *zap.Logger) (*certs, error) {
-	src, err := acme.NewSource(s.CertSource(), log)
+// newCerts makes the certificate source; with a shared store, acme mode
+// keeps everything there.
+func newCerts(s *config.Settings, shared *store.Cached, log *zap.Logger) (*certs, error) {
+	cfg := s.CertSource()
+	if shared != nil {
+		cfg.ACME.Storage = shared
+	}
+	src, err := acme.NewSource(cfg, log)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", config.ErrConfig, err)
 	}

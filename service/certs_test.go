@@ -37,11 +37,20 @@ type serveEnv struct {
 	calls       func() []string // reload commands run so far
 	export      string          // the exported chain
 	pebbleReady func()          // runs once Pebble validates, before the certificates start
+	// elsewhere: Pebble validates at another edge's ports (several nodes
+	// for one relay), not at this one's.
+	elsewhere bool
 }
 
 func newServeEnv(t *testing.T, domain, publicName string, opts acmetest.Options, extra string) *serveEnv {
 	t.Helper()
-	env := &serveEnv{dir: t.TempDir(), domain: domain, publicName: publicName, pebble: acmetest.Start(t, opts)}
+	return newServeEnvWith(t, acmetest.Start(t, opts), domain, publicName, extra)
+}
+
+// newServeEnvWith is newServeEnv with a Pebble that several edges share.
+func newServeEnvWith(t *testing.T, pebble *acmetest.Pebble, domain, publicName, extra string) *serveEnv {
+	t.Helper()
+	env := &serveEnv{dir: t.TempDir(), domain: domain, publicName: publicName, pebble: pebble}
 	chatmailINI := filepath.Join(env.dir, "chatmail.ini")
 	os.WriteFile(chatmailINI, []byte("[params]\nmail_domain = "+domain+"\n"), 0o644)
 	script, calls := reloadRecorder(t)
@@ -113,9 +122,18 @@ func mergeINI(conf, extra string) string {
 // `serve --config ... --acme-ca ... --acme-ca-root ...` does; Pebble validates on the ports the edge got.
 func (env *serveEnv) start(t *testing.T) *Service {
 	t.Helper()
-	s, err := config.Load(env.config, true)
+	e, err := env.startErr(t)
 	if err != nil {
 		t.Fatal(err)
+	}
+	return e
+}
+
+// startErr is start for any goroutine: it returns what fails.
+func (env *serveEnv) startErr(t *testing.T) (*Service, error) {
+	s, err := config.Load(env.config, true)
+	if err != nil {
+		return nil, err
 	}
 	s.Certs.CA, s.Certs.CARoot = env.pebble.URL, env.pebble.RootFile
 	s.Certs.Retry = acme.Backoff{Initial: 20 * time.Millisecond, Max: 200 * time.Millisecond}
@@ -127,24 +145,32 @@ func (env *serveEnv) start(t *testing.T) *Service {
 		if in.httpLn != nil {
 			httpPort = in.httpLn.Addr().(*net.TCPAddr).Port
 		}
-		env.pebble.Validate(acmetest.StartDNS(t, names...), httpPort, in.edge.Addr("https").(*net.TCPAddr).Port)
+		if !env.elsewhere {
+			env.pebble.Validate(acmetest.StartDNS(t, names...), httpPort, in.edge.Addr("https").(*net.TCPAddr).Port)
+		}
 		if env.pebbleReady != nil {
 			env.pebbleReady()
 		}
 		return nil
 	})
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	t.Cleanup(e.Shutdown)
-	return e
+	return e, nil
 }
 
 // dialECH connects to name like Delta Chat, with ECH, trusting roots.
 func (e *Service) dialECH(name string, roots *x509.CertPool) (tls.ConnectionState, error) {
+	return e.dialECHWith(name, e.echKeys.Load().ConfigList(), roots)
+}
+
+// dialECHWith connects to name with ECH with the config list a client
+// holds, trusting roots; an error unless ECH is accepted.
+func (e *Service) dialECHWith(name string, configList []byte, roots *x509.CertPool) (tls.ConnectionState, error) {
 	conn, err := tls.Dial("tcp", e.edge.Addr("https").String(), &tls.Config{
 		ServerName: name, RootCAs: roots, NextProtos: []string{"http/1.1"},
-		EncryptedClientHelloConfigList: e.echKeys.Load().ConfigList(),
+		EncryptedClientHelloConfigList: configList,
 	})
 	if err != nil {
 		return tls.ConnectionState{}, err

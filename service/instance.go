@@ -18,6 +18,7 @@ import (
 	"chatmail-edge/config"
 	"chatmail-edge/ech"
 	"chatmail-edge/edge"
+	"chatmail-edge/store"
 	"chatmail-edge/web"
 
 	"go.uber.org/zap"
@@ -50,6 +51,9 @@ type instanceConfig struct {
 	// Listen opens the listener name on addr, for every listener (serve's
 	// come from handoff.go's sockets); nil listens anew.
 	Listen func(name, addr string) (*net.TCPListener, error)
+	// Shared is the store several nodes share ([store], store.go): the ECH
+	// keys are there; nil keeps them in StateDir.
+	Shared *store.Cached
 }
 
 // listenTCP is instanceConfig.Listen when none is given.
@@ -84,8 +88,9 @@ type instance struct {
 	echMu    sync.Mutex         // serialises changes of the ECH keys
 }
 
-// echKeyCheckInterval is how often the ECH folder is re-read, so that
-// `chatmail-edge ech rotate` takes effect without a restart.
+// echKeyCheckInterval is how often the ECH folder (or the shared store,
+// besides its watch) is re-read, so that `chatmail-edge ech rotate` takes
+// effect without a restart.
 const echKeyCheckInterval = 30 * time.Second
 
 func startInstance(cfg instanceConfig, log *zap.Logger) (*instance, error) {
@@ -102,12 +107,9 @@ func startInstance(cfg instanceConfig, log *zap.Logger) (*instance, error) {
 	}
 
 	names := []string{cfg.Domain, "www." + cfg.Domain, "mta-sts." + cfg.Domain, "autoconfig." + cfg.Domain, cfg.PublicName}
-	keys, created, err := ech.Ensure(ech.Dir(cfg.StateDir), cfg.PublicName, ech.MaxNameLength(names...), time.Now())
+	keys, err := cfg.ensureECHKeys(names, log)
 	if err != nil {
-		return nil, fmt.Errorf("ECH keys: %w", err)
-	}
-	if created {
-		log.Info("created the first ECH key", zap.String("dir", ech.Dir(cfg.StateDir)), zap.String("public_name", cfg.PublicName))
+		return nil, err
 	}
 
 	cfg.Edge.TicketKeyFile = filepath.Join(cfg.StateDir, "tls-ticket-keys")
@@ -203,34 +205,48 @@ func (in *instance) setECHKeys(set *ech.KeySet) {
 func (in *instance) watchECHKeys() {
 	t := time.NewTicker(echKeyCheckInterval)
 	defer t.Stop()
+	changes := in.echChanges() // the shared store's changes; nil without one
+	failing := false
 	for {
 		select {
 		case <-in.stop:
 			return
 		case <-t.C:
-			in.reloadECHKeys()
+		case <-changes:
 		}
+		failing = in.reloadECHKeys(failing)
 	}
 }
 
-func (in *instance) reloadECHKeys() {
+// reloadECHKeys serves the keys as they are now; an error is logged when
+// it starts, not at every check while it lasts.
+func (in *instance) reloadECHKeys(failing bool) bool {
 	set, err := in.loadECHKeys()
 	if err != nil {
-		in.log.Error("ECH keys unreadable, keeping the keys in use", zap.Error(err))
-		return
+		if !failing {
+			in.log.Error("ECH keys unreadable, keeping the keys in use", zap.Error(err))
+		}
+		return true
+	}
+	if failing {
+		in.log.Info("ECH keys readable again")
 	}
 	in.useECHKeys(set)
+	return false
 }
 
-// loadECHKeys reads the ECH folder, which must hold a current key.
+// loadECHKeys reads the ECH folder or the shared store, which must hold a
+// current key.
 func (in *instance) loadECHKeys() (*ech.KeySet, error) {
-	dir := ech.Dir(in.cfg.StateDir)
-	set, err := ech.Load(dir)
+	ctx, cancel := context.WithTimeout(context.Background(), echLoadWait)
+	defer cancel()
+	place := in.cfg.echPlace()
+	set, err := ech.LoadFrom(ctx, place)
 	if err == nil && set.Current() == nil {
 		err = errors.New("no keys left")
 	}
 	if err != nil {
-		return nil, fmt.Errorf("ECH keys in %s: %w", dir, err)
+		return nil, fmt.Errorf("ECH keys in %s: %w", place, err)
 	}
 	return set, nil
 }

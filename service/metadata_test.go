@@ -41,7 +41,7 @@ func TestMetadataFileFollowsRotation(t *testing.T) {
 	}
 
 	echRotate(t, state)
-	d.reloadECHKeys()
+	d.reloadECHKeys(false)
 	after := read()
 	if after == before || after != show() {
 		t.Fatalf("after rotation the METADATA file is %q; before %q, ech show %q", after, before, show())
@@ -157,7 +157,7 @@ func TestDemoAnswersGetMetadata(t *testing.T) {
 	}
 
 	echRotate(t, state)
-	d.reloadECHKeys() // what the instance's key watcher runs every 30 s
+	d.reloadECHKeys(false) // what the instance's key watcher runs every 30 s
 	after := show()
 	if after == before {
 		t.Fatal("ech rotate changed nothing")

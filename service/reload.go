@@ -69,7 +69,7 @@ func (e *Service) Reload(load func() (*config.Settings, error)) (restart []strin
 		if s.CertMode() != old.Mode() {
 			from = e.startSettings
 		}
-		if fresh, err = newCerts(from, e.log); err != nil {
+		if fresh, err = newCerts(from, nil, e.log); err != nil {
 			return nil, err
 		}
 	}

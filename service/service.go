@@ -19,6 +19,7 @@ import (
 
 	"chatmail-edge/acme"
 	"chatmail-edge/config"
+	"chatmail-edge/store"
 )
 
 // Service is the running edge, of `serve` or of the demo: the instance
@@ -63,7 +64,20 @@ func startServe(ctx context.Context, s *config.Settings, log *zap.Logger, listen
 	} else if note != "" {
 		log.Warn(note)
 	}
-	c, err := newCerts(s, log)
+	shared, err := openServeStore(ctx, s, log)
+	if err != nil {
+		return nil, err
+	}
+	e, err := startServeOn(ctx, s, shared, log, listen, onListening)
+	if err != nil && shared != nil {
+		shared.Close()
+	}
+	return e, err
+}
+
+// startServeOn is startServe once the shared store (if any) answers.
+func startServeOn(ctx context.Context, s *config.Settings, shared *store.Cached, log *zap.Logger, listen func(name, addr string) (*net.TCPListener, error), onListening func(*instance) error) (*Service, error) {
+	c, err := newCerts(s, shared, log)
 	if err != nil {
 		return nil, err
 	}
@@ -71,7 +85,7 @@ func startServe(ctx context.Context, s *config.Settings, log *zap.Logger, listen
 	if err != nil {
 		return nil, err
 	}
-	cfg.Listen = listen
+	cfg.Listen, cfg.Shared = listen, shared
 	return startService(ctx, cfg, c, s, log, onListening)
 }
 
@@ -124,4 +138,5 @@ func (e *Service) drain(timeout time.Duration, kind drainKind) {
 	e.reloadMu.Unlock()
 	e.certs().Stop()
 	e.instance.drain(timeout, kind)
+	e.closeStore()
 }

@@ -69,6 +69,7 @@ func (in *instance) buildWeb(wc web.Config, backends edge.Backends) (*webServing
 		Probes:        backendProbes(backends),
 		Recent:        in.recent,
 		Started:       in.started,
+		Store:         in.storeHealth(),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", config.ErrConfig, err)

@@ -24,6 +24,7 @@ func (s *Server) newRegistry() *prometheus.Registry {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		newEdgeCollector(s),
+		newStoreCollector(s),
 	)
 	return reg
 }

@@ -39,6 +39,7 @@ type statusPage struct {
 	Services       []serviceView
 	Certs          []certView
 	ECH            echView
+	Store          *storeView // nil without a shared store
 	// Admin page only.
 	Listeners       []listenerView
 	Sessions        int64
@@ -142,6 +143,9 @@ func (s *Server) statusPage(admin bool) statusPage {
 	}
 	for _, c := range s.certs() {
 		page.Certs = append(page.Certs, certViewOf(c, now, admin))
+	}
+	if page.Store = s.storeView(now, admin); page.Store != nil && page.Store.State != "up" {
+		page.AllUp = false
 	}
 	if s.deps.ECHKey != nil {
 		k := s.deps.ECHKey()

@@ -87,6 +87,9 @@ type Deps struct {
 	// Started is when the edge started, for the uptime: a reload builds a
 	// new Server but the process keeps running. Zero is now.
 	Started time.Time
+	// Store is the health of the shared store of several nodes; nil
+	// without one.
+	Store func() StoreHealth
 }
 
 // ECHKeyInfo is what the status page shows of the current ECH key: nothing

@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -50,6 +51,11 @@ type Pebble struct {
 	ca      *ca.CAImpl
 	opts    wfeOptions
 	direct  atomic.Int32 // orders made by Issue
+	// requests is held (shared) by every request Pebble serves and
+	// exclusively by Orders: Pebble's handlers write orders' fields
+	// without their locks (wfe.go, FinalizeOrder), so a test reads them
+	// only between requests.
+	requests sync.RWMutex
 }
 
 // Options of the CA.
@@ -127,6 +133,8 @@ func (p *Pebble) HTTPClient() *http.Client { return p.srv.Client() }
 
 // Orders lists the orders of the account with the given URL.
 func (p *Pebble) Orders(accountURL string) []*core.Order {
+	p.requests.Lock()
+	defer p.requests.Unlock()
 	return p.DB.GetOrdersByAccountID(accountID(accountURL))
 }
 
@@ -219,6 +227,8 @@ func (p *Pebble) serve(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "pebble: no validation authority yet", http.StatusServiceUnavailable)
 		return
 	}
+	p.requests.RLock()
+	defer p.requests.RUnlock()
 	(*h).ServeHTTP(w, r)
 }
 
