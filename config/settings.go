@@ -68,6 +68,9 @@ type Settings struct {
 	IMAPBackend BackendSettings
 	SMTPBackend BackendSettings
 
+	// [node]: see node.go.
+	Node NodeSettings
+
 	// [tls]
 	TLSCert string
 	TLSKey  string
@@ -189,9 +192,10 @@ func backendMode(p func(*Settings) *string) func(*Settings, string) error {
 }
 
 // options lists every key of the configuration file, in the order
-// `config describe` prints them: the core's, the certificates', the web's.
+// `config describe` prints them: the core's, the certificates', the
+// node's, the web's.
 // It is static data, never modified.
-var options = slices.Concat(coreOptions, certOptions, webOptions)
+var options = slices.Concat(coreOptions, certOptions, nodeOptions, webOptions)
 
 var coreOptions = []option{
 	{"edge", "chatmail_ini", DefaultChatmailINI, "The relay's chatmail.ini; mail_domain, max_message_size and disable_ipv6 come from it.",
@@ -293,6 +297,9 @@ func FromFile(f *ini.File, root string) (*Settings, error) {
 		}
 	}
 	if err := s.readChatmailINI(filepath.Join(root, s.ChatmailINI)); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	if err := s.nodeDefaults(); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
 	}
 	if s.HelloTimeout > s.HandshakeTimeout {
