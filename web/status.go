@@ -39,6 +39,7 @@ type statusPage struct {
 	Services       []serviceView
 	Certs          []certView
 	ECH            echView
+	Node           *nodeView // nil on the relay
 	// Admin page only.
 	Listeners       []listenerView
 	Sessions        int64
@@ -120,6 +121,7 @@ func (s *Server) statusPage(admin bool) statusPage {
 		Admin: admin, Domain: s.cfg.Domain, Version: s.cfg.Version,
 		Uptime: formatDuration(now.Sub(s.started)), Now: now.UTC().Format(time.RFC3339),
 		RefreshSeconds: statusRefresh, CSS: template.CSS(assets.StatusCSS()), AllUp: true,
+		Node: s.nodeViewOf(now, admin),
 	}
 	for _, h := range s.Health() {
 		v := serviceView{Name: h.Name, State: "unknown"}
