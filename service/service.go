@@ -19,6 +19,7 @@ import (
 
 	"chatmail-edge/acme"
 	"chatmail-edge/config"
+	"chatmail-edge/web"
 )
 
 // Service is the running edge, of `serve` or of the demo: the instance
@@ -37,6 +38,8 @@ type Service struct {
 	// drainFor is [edge] drain_timeout as last loaded (reload applies it);
 	// guarded by reloadMu.
 	drainFor time.Duration
+	// relay records a node's connections to the relay, across reloads.
+	relay *web.RelayReach
 }
 
 // drainTimeout is [edge] drain_timeout in force.
@@ -67,19 +70,21 @@ func startServe(ctx context.Context, s *config.Settings, log *zap.Logger, listen
 	if err != nil {
 		return nil, err
 	}
-	cfg, err := instanceConfigFrom(s)
+	relay := web.NewRelayReach()
+	cfg, err := instanceConfigFrom(s, relay)
 	if err != nil {
 		return nil, err
 	}
 	cfg.Listen = listen
-	return startService(ctx, cfg, c, s, log, onListening)
+	return startService(ctx, cfg, c, s, relay, log, onListening)
 }
 
 // startService is what serve and the demo share: the instance from cfg,
 // served with the certificates c. settings are what a reload compares
-// with; the demo has none.
-func startService(ctx context.Context, cfg instanceConfig, c *certs, settings *config.Settings, log *zap.Logger, onListening func(*instance) error) (*Service, error) {
-	e := &Service{log: log, startSettings: settings}
+// with; the demo has none. relay records a node's connections to its
+// relay (nil for the demo).
+func startService(ctx context.Context, cfg instanceConfig, c *certs, settings *config.Settings, relay *web.RelayReach, log *zap.Logger, onListening func(*instance) error) (*Service, error) {
+	e := &Service{log: log, startSettings: settings, relay: relay}
 	if settings != nil {
 		e.drainFor = settings.DrainTimeout
 	}
