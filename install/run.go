@@ -40,21 +40,26 @@ type Options struct {
 	Config string    // the edge's configuration file
 	Out    io.Writer // one line per step
 	Log    *zap.Logger
+	Node   NodeOptions // --mode node's flags
 }
 
 // ErrBadRoot marks a --root that cannot be used, ErrBadMode a mode that
-// is neither default nor full.
+// is not default, full or node (or node flags that do not fit).
 var (
 	ErrBadRoot = errors.New("bad root folder")
-	ErrBadMode = errors.New("want --mode default or full")
+	ErrBadMode = errors.New("want --mode default, full or node")
 )
 
 // Install installs the edge on a chatmail relay (mode "default" or
-// "full"), taking over from nginx and acmetool; a second run changes only
+// "full"), taking over from nginx and acmetool, or on another machine in
+// front of one (mode "node", install_node.go); a second run changes only
 // what is not yet so.
 func Install(o Options, mode string) error {
-	if mode != "default" && mode != "full" {
+	if mode != "default" && mode != "full" && mode != "node" {
 		return fmt.Errorf("%w, got %q", ErrBadMode, mode)
+	}
+	if mode != "node" && o.Node.given() {
+		return fmt.Errorf("%w: %w", ErrBadMode, ErrNodeFlags)
 	}
 	in, err := newInstaller(o.Root, o.DryRun, o.Out, o.Log)
 	if err != nil {
@@ -69,6 +74,9 @@ func Install(o Options, mode string) error {
 	rec, err := in.loadRecord()
 	if err != nil {
 		return err
+	}
+	if mode == "node" {
+		return in.installNode(rec, o.Config, o.Node)
 	}
 	return in.install(rec, mode, o.Config)
 }
@@ -120,6 +128,9 @@ func Reapply(o Options) error {
 	}
 	if rec.Mode == "" {
 		return ErrNotInstalled
+	}
+	if rec.Mode == "node" { // nothing of chatmail here to undo the install; its files are kept
+		return in.installNode(rec, o.Config, NodeOptions{})
 	}
 	if err := in.install(rec, rec.Mode, o.Config); err != nil {
 		return fmt.Errorf("re-apply %s mode: %w", rec.Mode, err)
@@ -505,7 +516,7 @@ func (in *installer) probe(s *config.Settings, mode string) (bool, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	r := probe.Run(ctx, o)
-	if mode != "full" { // 993 and 465 are Dovecot's and Postfix's, without ECH
+	if mode != "full" && mode != "node" { // 993 and 465 are Dovecot's and Postfix's, without ECH
 		https := ":" + strconv.Itoa(o.HTTPSPort)
 		r.Checks = slices.DeleteFunc(r.Checks, func(c probe.Check) bool { return !strings.HasSuffix(c.Address, https) })
 		r.OK = !slices.ContainsFunc(r.Checks, func(c probe.Check) bool { return !c.OK })
@@ -552,8 +563,13 @@ func (in *installer) uninstall(configFile string) error {
 			return err
 		}
 	}
-	if err := in.removeConfig(configFile, rec); err != nil {
+	if err := in.removeIfUnchanged(configFile, rec.Config); err != nil {
 		return err
+	}
+	if rec.Mode == "node" {
+		if err := in.removeIfUnchanged(nodeChatmailINI, rec.ChatmailINI); err != nil {
+			return err
+		}
 	}
 	if rec.ExportDir != "" && rec.ExportOwner != nil {
 		o := *rec.ExportOwner
@@ -578,9 +594,9 @@ func (in *installer) uninstall(configFile string) error {
 	return nil
 }
 
-// removeConfig removes the configuration file install wrote, unless the
-// operator changed it since.
-func (in *installer) removeConfig(configFile string, rec *installRecord) error {
+// removeIfUnchanged removes a configuration file install wrote, whose
+// SHA-256 it recorded as sum, unless the operator changed it since.
+func (in *installer) removeIfUnchanged(configFile, sum string) error {
 	data, err := os.ReadFile(in.path(configFile))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
@@ -588,8 +604,8 @@ func (in *installer) removeConfig(configFile string, rec *installRecord) error {
 	if err != nil {
 		return err
 	}
-	sum := sha256.Sum256(data)
-	if rec.Config == "" || hex.EncodeToString(sum[:]) != rec.Config {
+	got := sha256.Sum256(data)
+	if sum == "" || hex.EncodeToString(got[:]) != sum {
 		fmt.Fprintf(in.out, "  ok     keep %s (not written by install, or changed since)\n", configFile)
 		return nil
 	}
