@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"chatmail-edge/mail"
 )
 
 // loadEdgeINI loads the edge's file text on a chatmail.ini for
@@ -93,5 +95,14 @@ func TestNodeRestart(t *testing.T) {
 	}
 	if got := load("[node]\nrelay = a.example.net\n").Changed(load("[node]\nrelay = b.example.net\nconnect = proxy\nname = n2\n")); len(got) != 0 {
 		t.Errorf("another relay: %q need a restart", got)
+	}
+}
+
+// TestNodePortsAreTheDropIns: connect = proxy goes where the relay's
+// drop-ins for nodes listen.
+func TestNodePortsAreTheDropIns(t *testing.T) {
+	if NodeProxyIMAPPort != mail.NodeIMAPPort || NodeProxySMTPPort != mail.NodeSMTPPort ||
+		!strings.Contains(mail.DovecotNodeDropIn, "port = 11993\n") || !strings.HasPrefix(strings.SplitN(mail.PostfixNodeService(mail.DefaultMaxSMTPConnections), "\n", 4)[3], "11465 ") {
+		t.Errorf("[node] proxy ports %d, %d; the drop-ins' %d, %d", NodeProxyIMAPPort, NodeProxySMTPPort, mail.NodeIMAPPort, mail.NodeSMTPPort)
 	}
 }

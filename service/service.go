@@ -115,6 +115,10 @@ func startService(ctx context.Context, cfg instanceConfig, c *certs, settings *c
 // certs are the certificates in use.
 func (e *Service) certs() *certs { return e.certsNow.Load() }
 
+// Addr is where the named listener (https, imaps, smtps) accepts, nil for
+// none: for tests that start an edge on port 0.
+func (e *Service) Addr(listener string) net.Addr { return e.edge.Addr(listener) }
+
 // Status is for the status page.
 func (e *Service) Status() []acme.CertStatus { return e.certs().Status() }
 
