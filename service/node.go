@@ -42,8 +42,9 @@ func (b relayBackend) Probe(ctx context.Context) (mail.ProbeResult, error) {
 	return res, err
 }
 
-// nodeParts are the node's backends and web side, built from the settings
-// at a start and at each reload (the reachability record stays).
+// nodeInstanceConfig gives cfg a node's backends and web side, built from
+// the settings at a start and at each reload (the reachability record
+// stays).
 func nodeInstanceConfig(cfg *instanceConfig, s *config.Settings, reach *web.RelayReach) error {
 	roots, err := relayRoots(s.Node.CAFile)
 	if err != nil {

@@ -78,11 +78,16 @@ func startTestNode(t *testing.T, relay *catalogueEnv, extra string) *catalogueEn
 	t.Helper()
 	env, roots := newReloadFiles(t)
 	node := newCatalogue(t, env, roots)
-	conf := fmt.Sprintf("[edge]\nsmtps = 127.0.0.1:0\n[node]\nrelay = 127.0.0.1\nimap_port = %d\nsmtp_port = %d\nhttps_port = %d\nca_file = %s\nname = node-1\n",
-		relay.port("imaps"), relay.port("smtps"), relay.port("https"), relay.certFile)
-	env.writeConfig(t, mergeINI(catalogueConfig, mergeINI(conf, extra)))
+	env.writeConfig(t, nodeConfig(relay, extra))
 	node.start(t)
 	return node
+}
+
+// nodeConfig is startTestNode's configuration file, extra on top.
+func nodeConfig(relay *catalogueEnv, extra string) string {
+	conf := fmt.Sprintf("[edge]\nsmtps = 127.0.0.1:0\n[node]\nrelay = 127.0.0.1\nimap_port = %d\nsmtp_port = %d\nhttps_port = %d\nca_file = %s\nname = node-1\n",
+		relay.port("imaps"), relay.port("smtps"), relay.port("https"), relay.certFile)
+	return mergeINI(catalogueConfig, mergeINI(conf, extra))
 }
 
 // fromClientAddress is the address clients dial from, so that the tests
@@ -334,6 +339,33 @@ func TestNodeRelayDown(t *testing.T) {
 	admin := adminPage(t, node)
 	if !strings.Contains(admin, "connection refused") {
 		t.Errorf("the admin page does not show the relay's IMAP error")
+	}
+}
+
+// TestNodeReloadAppliesRelay: a reload points new sessions at the relay's
+// ports and CA as the file now says, and keeps the record of the relay's
+// reachability.
+func TestNodeReloadAppliesRelay(t *testing.T) {
+	relay := startTestRelay(t, "")
+	node := startTestNode(t, relay.catalogueEnv, fmt.Sprintf("[node]\nimap_port = %d\n", closedPortNumber(t)))
+	expectRefusal(t, node, "imaps", "* BYE ")
+
+	node.writeConfig(t, nodeConfig(relay.catalogueEnv, "[node]\nname = node-2\n"))
+	if status := node.reload(t); strings.Contains(status, "restart") {
+		t.Fatalf("the reload wants a restart: %s", status)
+	}
+	email, password, err := relay.delivery.CreateAccount()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bodies := fetchInbox(t, node.dialECH(t, "imaps", nil), email, password); len(bodies) != 0 {
+		t.Fatalf("a new account's INBOX through the node: %q", bodies)
+	}
+	if v := node.metric(t, `chatmail_edge_relay_connections_total{outcome="error",service="imap"}`); v < 1 {
+		t.Errorf("the reload lost the record of the failed connection: %v", v)
+	}
+	if v := node.metric(t, `chatmail_edge_node_info{node="node-2"}`); v != 1 {
+		t.Errorf("node_info of the new name: %v", v)
 	}
 }
 
