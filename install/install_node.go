@@ -1,8 +1,6 @@
 package install
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -52,14 +50,8 @@ func (in *installer) installNode(rec *installRecord, configFile string, n NodeOp
 	rec.Mode = "node"
 	fmt.Fprintf(in.out, "  ok     node of the relay %s (connect = %s) for %s, certificates: %s\n", s.Node.Relay, s.Node.Connect, s.MailDomain, s.CertMode())
 
-	user, err := in.serviceUser()
+	user, err := in.folders(configFile, s.StateDir)
 	if err != nil {
-		return err
-	}
-	if err := in.mkdir(filepath.Dir(configFile), 0o755, owner{0, 0}); err != nil {
-		return err
-	}
-	if err := in.mkdir(s.StateDir, 0o700, user); err != nil {
 		return err
 	}
 	restart := false
@@ -68,15 +60,11 @@ func (in *installer) installNode(rec *installRecord, configFile string, n NodeOp
 		data []byte
 		sum  *string
 	}{{s.ChatmailINI, chatmailData, &rec.ChatmailINI}, {configFile, configData, &rec.Config}} {
-		if f.data == nil {
-			fmt.Fprintf(in.out, "  ok     keep %s as it is\n", f.path)
-			continue
-		}
-		if _, err := in.writeFile(f.path, f.data, 0o644); err != nil {
+		changed, err := in.writeConfig(f.path, f.data, f.sum)
+		if err != nil {
 			return err
 		}
-		sum := sha256.Sum256(f.data)
-		*f.sum, restart = hex.EncodeToString(sum[:]), true
+		restart = restart || changed
 	}
 	if err := in.saveRecord(rec); err != nil {
 		return err

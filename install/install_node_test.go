@@ -8,7 +8,6 @@ import (
 	"testing"
 
 	"chatmail-edge/config"
-	"chatmail-edge/internal/ini"
 	"chatmail-edge/systemd"
 )
 
@@ -71,18 +70,7 @@ func TestInstallNodeIntoRootAndUninstall(t *testing.T) {
 	}
 
 	// Both files load as serve loads them: a node in front of the relay.
-	data, err := os.ReadFile(filepath.Join(root, config.DefaultFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	f, err := ini.Parse(config.DefaultFile, data)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := config.FromFile(f, root)
-	if err != nil {
-		t.Fatalf("the written configuration does not load: %v\n%s", err, data)
-	}
+	s := loadWritten(t, root)
 	if !s.IsNode() || s.Node.Relay != "relay.example.net" || s.Node.Connect != "proxy" || s.Node.Name != "fra-1" || s.MailDomain != installDomain ||
 		s.IMAPS != ":993" || s.SMTPS != ":465" || s.Certs.ExportCert != "" || s.Certs.Reload != nil {
 		t.Errorf("settings from the written files: %+v", s)

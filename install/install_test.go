@@ -161,6 +161,25 @@ func chatmailUnitStates(t *testing.T, root string) string {
 	return b.String()
 }
 
+// loadWritten loads the configuration install wrote below root as serve
+// loads it.
+func loadWritten(t *testing.T, root string) *config.Settings {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(root, config.DefaultFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := ini.Parse(config.DefaultFile, data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := config.FromFile(f, root)
+	if err != nil {
+		t.Fatalf("the written configuration does not load: %v\n%s", err, data)
+	}
+	return s
+}
+
 func unitState(t *testing.T, root, unit string) string {
 	t.Helper()
 	out, _ := exec.Command("systemctl", "--root="+root, "is-enabled", unit).Output()
@@ -234,18 +253,7 @@ func TestInstallIntoRootAndUninstall(t *testing.T) {
 	}
 
 	// The configuration is derived from chatmail.ini and loads as serve loads it.
-	data, err := os.ReadFile(filepath.Join(root, config.DefaultFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	f, err := ini.Parse(config.DefaultFile, data)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := config.FromFile(f, root)
-	if err != nil {
-		t.Fatalf("the written configuration does not load: %v\n%s", err, data)
-	}
+	s := loadWritten(t, root)
 	if s.MailDomain != installDomain || s.Certs.Reload != nil || s.IMAPS != "" || s.CertMode() != "acme" {
 		t.Errorf("settings from the written configuration: domain %q, reload %v, imaps %q, mode %s", s.MailDomain, s.Certs.Reload, s.IMAPS, s.CertMode())
 	}

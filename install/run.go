@@ -149,25 +149,13 @@ func (in *installer) install(rec *installRecord, mode, configFile string) error 
 	rec.Mode = mode
 	fmt.Fprintf(in.out, "  ok     chatmail relay %s, certificates: %s\n", s.MailDomain, s.CertMode())
 
-	user, err := in.serviceUser()
+	user, err := in.folders(configFile, s.StateDir)
 	if err != nil {
 		return err
 	}
-	if err := in.mkdir(filepath.Dir(configFile), 0o755, owner{0, 0}); err != nil {
+	restart, err := in.writeConfig(configFile, configData, &rec.Config)
+	if err != nil {
 		return err
-	}
-	if err := in.mkdir(s.StateDir, 0o700, user); err != nil {
-		return err
-	}
-	restart := false
-	if configData != nil {
-		if _, err := in.writeFile(configFile, configData, 0o644); err != nil {
-			return err
-		}
-		sum := sha256.Sum256(configData)
-		rec.Config, restart = hex.EncodeToString(sum[:]), true
-	} else {
-		fmt.Fprintf(in.out, "  ok     keep %s as it is\n", configFile)
 	}
 	if err := in.saveRecord(rec); err != nil {
 		return err
@@ -276,6 +264,35 @@ func (in *installer) reapplyUnits(p systemd.Params) (changed, present bool, err 
 	}
 	changed, err = in.writeUnits(units)
 	return changed, true, err
+}
+
+// folders makes the service user, the configuration file's folder and the
+// state folder, and returns the user.
+func (in *installer) folders(configFile, stateDir string) (owner, error) {
+	user, err := in.serviceUser()
+	if err != nil {
+		return owner{}, err
+	}
+	if err := in.mkdir(filepath.Dir(configFile), 0o755, owner{0, 0}); err != nil {
+		return owner{}, err
+	}
+	return user, in.mkdir(stateDir, 0o700, user)
+}
+
+// writeConfig writes a configuration file install made (data; nil keeps
+// the one there) and records its SHA-256 in sum, for uninstall. It tells
+// whether the edge must restart for it.
+func (in *installer) writeConfig(path string, data []byte, sum *string) (bool, error) {
+	if data == nil {
+		fmt.Fprintf(in.out, "  ok     keep %s as it is\n", path)
+		return false, nil
+	}
+	if _, err := in.writeFile(path, data, 0o644); err != nil {
+		return false, err
+	}
+	digest := sha256.Sum256(data)
+	*sum = hex.EncodeToString(digest[:])
+	return true, nil
 }
 
 // installBinary puts the binary where the units run it and returns that
