@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"chatmail-edge/config"
-	"chatmail-edge/ech"
 	"chatmail-edge/mail"
 	"chatmail-edge/service"
 
@@ -52,10 +51,12 @@ func startNodeRelay(t *testing.T) *nodeRelay {
 // startNode runs serve as a node in front of r, in-process, with the
 // [node] section a node's file has (connect, the relay's ports, its CA),
 // its own state folder (ECH keys) and the daemons' certificate to serve.
-// The relay's HTTPS is not part of this suite: https_port points nowhere.
-// It returns r as seen through the node: the relay helpers (submit,
-// login) then go through it.
-func startNode(t *testing.T, r *nodeRelay, connect string) *relay {
+// extra are more sections for its file ([store], [acme]); with [acme] or
+// [tls] among them the daemons' certificate is left out. The relay's
+// HTTPS is not part of this suite: https_port points nowhere unless extra
+// says. It returns r as seen through the node (the relay helpers, submit
+// and login, then go through it) and the node.
+func startNode(t *testing.T, r *nodeRelay, connect, extra string) (*relay, *service.Service) {
 	t.Helper()
 	imapPort, smtpPort := strings.TrimPrefix(r.dovecot.Backend, "127.0.0.1:"), strings.TrimPrefix(r.postfix.Backend, "127.0.0.1:")
 	if connect == config.NodeConnectProxy {
@@ -64,6 +65,9 @@ func startNode(t *testing.T, r *nodeRelay, connect string) *relay {
 	dir := t.TempDir()
 	writeFile(t, filepath.Join(dir, "chatmail.ini"), "[params]\nmail_domain = "+domain+"\n", 0o644)
 	file := filepath.Join(dir, "chatmail-edge.ini")
+	if !strings.Contains(extra, "[acme]") && !strings.Contains(extra, "[tls]") {
+		extra += fmt.Sprintf("[tls]\ncert = %s\nkey = %s\n", r.certFile, r.keyFile)
+	}
 	writeFile(t, file, fmt.Sprintf(`[edge]
 chatmail_ini = %[1]s/chatmail.ini
 state_dir = %[1]s/state
@@ -76,18 +80,15 @@ control_socket =
 metadata_file =
 [admin]
 address =
-[tls]
-cert = %[2]s
-key = %[3]s
 [node]
 relay = 127.0.0.1
-connect = %[4]s
-imap_port = %[5]s
-smtp_port = %[6]s
-https_port = %[7]d
+connect = %[3]s
+imap_port = %[4]s
+smtp_port = %[5]s
+https_port = %[6]d
 ca_file = %[2]s
-name = node-%[4]s
-`, dir, r.certFile, r.keyFile, connect, imapPort, smtpPort, freePort(t)), 0o644)
+name = node-%[3]s
+%[7]s`, dir, r.certFile, connect, imapPort, smtpPort, freePort(t), extra), 0o644)
 	s, err := config.Load(file, true)
 	if err != nil {
 		t.Fatal(err)
@@ -99,17 +100,13 @@ name = node-%[4]s
 		t.Fatal(err)
 	}
 	t.Cleanup(node.Shutdown)
-	keys, err := ech.Load(ech.Dir(s.StateDir))
-	if err != nil {
-		t.Fatal(err)
-	}
 	through := *r.relay
-	through.edge, through.echList = nil, keys.ConfigList()
+	through.edge, through.echList = nil, node.ECHConfigList()
 	through.addrs = map[string]string{}
 	for _, l := range []string{"https", "imaps", "smtps"} {
 		through.addrs[l] = node.Addr(l).String()
 	}
-	return &through
+	return &through, node
 }
 
 // TestNodeBringsClientAddress: a node (serve with [node]) in front of the
@@ -122,7 +119,7 @@ func TestNodeBringsClientAddress(t *testing.T) {
 	r := startNodeRelay(t)
 	for _, connect := range []string{config.NodeConnectTLS, config.NodeConnectProxy} {
 		t.Run(connect, func(t *testing.T) {
-			node := startNode(t, r, connect)
+			node, _ := startNode(t, r, connect, "")
 			postfixFrom, dovecotFrom := r.postfix.log.size(), r.dovecot.log.size()
 			msg := newMessage(r.alice, r.bob)
 			queueID := node.mustSubmit(t, submit443, msg)[0]

@@ -119,6 +119,10 @@ func (e *Service) certs() *certs { return e.certsNow.Load() }
 // none: for tests that start an edge on port 0.
 func (e *Service) Addr(listener string) net.Addr { return e.edge.Addr(listener) }
 
+// ECHConfigList is the ECH config list the edge publishes, for tests that
+// connect as a client that fetched it.
+func (e *Service) ECHConfigList() []byte { return e.echKeys.Load().ConfigList() }
+
 // Status is for the status page.
 func (e *Service) Status() []acme.CertStatus { return e.certs().Status() }
 
