@@ -10,7 +10,7 @@ import (
 // compares it with what the edge started with, warns about every key that
 // differs and keeps the value in force; everything else in Settings a
 // reload applies (limits and timeouts, the mail backends, the web side,
-// the drain time).
+// the drain time, the node's relay).
 type Restart struct {
 	HTTPS         string        `key:"[edge] https"`
 	IMAPS         string        `key:"[edge] imaps"`
@@ -27,6 +27,7 @@ type Restart struct {
 	MetadataFile  string        `key:"[ech] metadata_file"`
 	CertMode      string        `key:"certificate mode ([tls] cert, chatmail.ini)"`
 	Store         StoreSettings `key:"[store]"`
+	Node          bool          `key:"[node] relay (set or empty)"`
 	// ACME is the [acme] section, compared only when both are in acme mode
 	// (it means nothing in the others).
 	ACME *CertSettings `key:"[acme]"`
@@ -39,7 +40,7 @@ func (s *Settings) Restart() Restart {
 		AdminAddress: s.AdminAddress, HeaderTimeout: s.HeaderTimeout, SendTimeout: s.SendTimeout,
 		ControlSocket: s.ControlSocket, StateDir: s.StateDir, LogLevel: s.LogLevel,
 		MailDomain: s.MailDomain, PublicName: s.ECHPublicName, MetadataFile: s.ECHMetadataFile,
-		CertMode: s.CertMode(), Store: s.Store,
+		CertMode: s.CertMode(), Store: s.Store, Node: s.IsNode(),
 	}
 	if r.CertMode == "acme" {
 		certs := s.Certs

@@ -68,6 +68,9 @@ type Settings struct {
 	IMAPBackend BackendSettings
 	SMTPBackend BackendSettings
 
+	// [node]: see node.go.
+	Node NodeSettings
+
 	// [tls]
 	TLSCert string
 	TLSKey  string
@@ -192,9 +195,10 @@ func backendMode(p func(*Settings) *string) func(*Settings, string) error {
 }
 
 // options lists every key of the configuration file, in the order
-// `config describe` prints them: the core's, the certificates', the web's.
+// `config describe` prints them: the core's, the certificates', the
+// node's, the web's.
 // It is static data, never modified.
-var options = slices.Concat(coreOptions, certOptions, webOptions, storeOptions)
+var options = slices.Concat(coreOptions, certOptions, nodeOptions, webOptions, storeOptions)
 
 var coreOptions = []option{
 	{"edge", "chatmail_ini", DefaultChatmailINI, "The relay's chatmail.ini; mail_domain, max_message_size and disable_ipv6 come from it.",
@@ -284,6 +288,23 @@ func Load(path string, required bool) (*Settings, error) {
 // FromFile applies the edge's file f (nil: all defaults) and reads
 // chatmail.ini below root ("/", or the folder `install --root` fills).
 func FromFile(f *ini.File, root string) (*Settings, error) {
+	return fromFiles(f, func(s *Settings) (*ini.File, error) {
+		path := filepath.Join(root, s.ChatmailINI)
+		cf, err := ini.ReadFile(path)
+		if err != nil {
+			return nil, fmt.Errorf("read chatmail.ini %s: %v", path, err)
+		}
+		return cf, nil
+	})
+}
+
+// FromFiles is FromFile with chatmail.ini given (parsed): `install --mode
+// node` checks the two files it is about to write.
+func FromFiles(f, chatmailINI *ini.File) (*Settings, error) {
+	return fromFiles(f, func(*Settings) (*ini.File, error) { return chatmailINI, nil })
+}
+
+func fromFiles(f *ini.File, chatmailINI func(*Settings) (*ini.File, error)) (*Settings, error) {
 	s := &Settings{}
 	setDefaults(s, options)
 	if f != nil {
@@ -291,7 +312,14 @@ func FromFile(f *ini.File, root string) (*Settings, error) {
 			return nil, fmt.Errorf("%w: %w", ErrConfig, err)
 		}
 	}
-	if err := s.readChatmailINI(filepath.Join(root, s.ChatmailINI)); err != nil {
+	cf, err := chatmailINI(s)
+	if err == nil {
+		err = s.applyChatmailINI(cf)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	if err := s.nodeDefaults(); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
 	}
 	if err := s.checkStore(); err != nil {
@@ -389,12 +417,9 @@ const maxMessageSizeLimit = 4 << 30
 // processes per port): far above what one machine runs.
 const maxSMTPConnectionsLimit = 1_000_000
 
-// readChatmailINI takes what the edge needs from the relay's chatmail.ini.
-func (s *Settings) readChatmailINI(path string) error {
-	f, err := ini.ReadFile(path)
-	if err != nil {
-		return fmt.Errorf("read chatmail.ini %s: %v", path, err)
-	}
+// applyChatmailINI takes what the edge needs from the relay's chatmail.ini.
+func (s *Settings) applyChatmailINI(f *ini.File) error {
+	path := f.Path
 	get := func(key string) *ini.Value { return f.Get("params", key) }
 	v := get("mail_domain")
 	if v == nil || v.Value == "" {

@@ -90,3 +90,49 @@ func TestBackendDownGetsProtocolRefusal(t *testing.T) {
 		t.Fatalf("%d backend failures counted, want %d", refusals, len(cases))
 	}
 }
+
+// observedBackend records what the edge tells it of each attempt.
+type observedBackend struct {
+	Backend
+	outcomes chan error
+}
+
+func (b observedBackend) Observe(err error) { b.outcomes <- err }
+
+// TestBackendObserverHearsEveryAttempt: a backend that observes hears of a
+// session that opened (nil) and of a dial that failed (its error), once each.
+func TestBackendObserverHearsEveryAttempt(t *testing.T) {
+	te, imapB, _ := startEdgeWithBackends(t, nil)
+	up := observedBackend{Backend: imapB.backend(t, te.Edge, mail.IMAP), outcomes: make(chan error, 4)}
+	down, err := mail.NewBackend(mail.BackendConfig{Protocol: mail.IMAP, Mode: "proxy", Address: closedPort(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	refused := observedBackend{Backend: down, outcomes: make(chan error, 4)}
+	for _, c := range []struct {
+		b       observedBackend
+		greeted string
+		wantErr string
+	}{{up, "* OK test imap ready", ""}, {refused, "* BYE ", "connection refused"}} {
+		te.SetBackends(Backends{IMAP: c.b})
+		conn, err := te.dial(t, "imaps", nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := readLine(t, conn); !strings.HasPrefix(got, c.greeted) {
+			t.Fatalf("got %q, want %q", got, c.greeted)
+		}
+		conn.Close()
+		select {
+		case err := <-c.b.outcomes:
+			if c.wantErr == "" && err != nil || c.wantErr != "" && (err == nil || !strings.Contains(err.Error(), c.wantErr)) {
+				t.Errorf("observed %v, want %q", err, c.wantErr)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("nothing observed")
+		}
+		if len(c.b.outcomes) != 0 {
+			t.Errorf("%d more outcomes for one attempt", len(c.b.outcomes))
+		}
+	}
+}

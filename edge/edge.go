@@ -32,6 +32,15 @@ type Backend interface {
 	Open(ctx context.Context, conn net.Conn, info mail.ClientInfo) (net.Conn, error)
 }
 
+// BackendObserver is what a Backend may also implement to hear how each
+// attempt to reach it for a session ended, the dial included: a node keeps
+// the relay's reachability for its status page this way.
+type BackendObserver interface {
+	// Observe is called once per attempt, before the session starts or the
+	// client is refused: nil when the session opened, else the error.
+	Observe(err error)
+}
+
 // Backends are the mail routes' targets. A nil entry refuses that route.
 type Backends struct {
 	IMAP Backend

@@ -480,6 +480,9 @@ func (e *Edge) connectBackend(pc *pendingConn, conn *tls.Conn, route Route, cs *
 			})
 		}
 		cancel()
+		if o, ok := b.(BackendObserver); ok {
+			o.Observe(err)
+		}
 	}
 	if err != nil {
 		l.stats.failures[FailBackend].Add(1)

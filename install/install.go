@@ -321,8 +321,10 @@ type installRecord struct {
 	// masked, which cmdeploy cannot start: the next install unmasks them.
 	Stopped []stoppedUnit `json:"stopped,omitempty"`
 	// Config is the configuration file install wrote, to be removed by
-	// uninstall unless the operator changed it since.
-	Config string `json:"config,omitempty"`
+	// uninstall unless the operator changed it since (its SHA-256), and
+	// ChatmailINI the chatmail.ini of a node.
+	Config      string `json:"config,omitempty"`
+	ChatmailINI string `json:"chatmail_ini,omitempty"`
 	// ExportDir is the folder of the exported certificate, given to the
 	// service user; ExportOwner is whose it was.
 	ExportDir   string `json:"export_dir,omitempty"`

@@ -137,22 +137,29 @@ var allowedHolders = map[int][]string{
 	465: {"master", "smtpd", "chatmail-edge"},
 }
 
+// nodeHolders are the programs that may hold a node's ports: only the
+// edge itself (a second install), since a node takes over from nothing.
+var nodeHolders = map[int][]string{80: {"chatmail-edge"}, 443: {"chatmail-edge"}, 993: {"chatmail-edge"}, 465: {"chatmail-edge"}}
+
 // checkPorts refuses to go on when another program holds a port the edge
 // is going to take: stopping nginx would not free it.
 func checkPorts(mode string) error {
-	ports := []int{80, 443}
-	if mode == "full" {
+	ports, allowed := []int{80, 443}, allowedHolders
+	switch mode {
+	case "full":
 		ports = append(ports, 993, 465)
+	case "node":
+		ports, allowed = append(ports, 993, 465), nodeHolders
 	}
 	holders, err := portHolders(ports)
 	if err != nil {
 		return fmt.Errorf("find what listens on ports %v: %w", ports, err)
 	}
-	return portConflicts(ports, holders)
+	return portConflicts(ports, holders, allowed)
 }
 
 // portConflicts names the holders of ports that are not allowed there.
-func portConflicts(ports []int, holders map[int][]holder) error {
+func portConflicts(ports []int, holders map[int][]holder, allowedHolders map[int][]string) error {
 	var errs []error
 	for _, port := range ports {
 		allowed := allowedHolders[port]

@@ -120,6 +120,11 @@ func runCommand(args ...string) (int, string) {
 	fs.BoolVar(&o.DryRun, "dry-run", false, "")
 	mode := fs.String("mode", "default", "")
 	reapply := fs.Bool("reapply", false, "")
+	fs.StringVar(&o.Node.Relay, "relay", "", "")
+	fs.StringVar(&o.Node.MailDomain, "mail-domain", "", "")
+	fs.StringVar(&o.Node.Connect, "connect", "", "")
+	fs.StringVar(&o.Node.Name, "node-name", "", "")
+	fs.StringVar(&o.Node.RelayCA, "relay-ca", "", "")
 	if err := fs.Parse(args[1:]); err != nil || fs.NArg() > 0 {
 		return 2, out.String()
 	}
@@ -154,6 +159,25 @@ func chatmailUnitStates(t *testing.T, root string) string {
 		fmt.Fprintf(&b, "%s %s\n", u, unitState(t, root, u))
 	}
 	return b.String()
+}
+
+// loadWritten loads the configuration install wrote below root as serve
+// loads it.
+func loadWritten(t *testing.T, root string) *config.Settings {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(root, config.DefaultFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := ini.Parse(config.DefaultFile, data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := config.FromFile(f, root)
+	if err != nil {
+		t.Fatalf("the written configuration does not load: %v\n%s", err, data)
+	}
+	return s
 }
 
 func unitState(t *testing.T, root, unit string) string {
@@ -229,18 +253,7 @@ func TestInstallIntoRootAndUninstall(t *testing.T) {
 	}
 
 	// The configuration is derived from chatmail.ini and loads as serve loads it.
-	data, err := os.ReadFile(filepath.Join(root, config.DefaultFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	f, err := ini.Parse(config.DefaultFile, data)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := config.FromFile(f, root)
-	if err != nil {
-		t.Fatalf("the written configuration does not load: %v\n%s", err, data)
-	}
+	s := loadWritten(t, root)
 	if s.MailDomain != installDomain || s.Certs.Reload != nil || s.IMAPS != "" || s.CertMode() != "acme" {
 		t.Errorf("settings from the written configuration: domain %q, reload %v, imaps %q, mode %s", s.MailDomain, s.Certs.Reload, s.IMAPS, s.CertMode())
 	}
@@ -392,14 +405,14 @@ func TestPortHolders(t *testing.T) {
 	if len(holders[port]) != 1 || holders[port][0] != me {
 		t.Fatalf("holders of %d: %+v, want %+v", port, holders[port], me)
 	}
-	err = portConflicts([]int{port}, holders)
+	err = portConflicts([]int{port}, holders, allowedHolders)
 	if err == nil || !strings.Contains(err.Error(), me.command+" (pid "+strconv.Itoa(me.pid)+")") {
 		t.Errorf("conflict: %v", err)
 	}
-	if err := portConflicts([]int{443}, map[int][]holder{443: {{1, "nginx"}, {2, "chatmail-edge"}}}); err != nil {
+	if err := portConflicts([]int{443}, map[int][]holder{443: {{1, "nginx"}, {2, "chatmail-edge"}}}, allowedHolders); err != nil {
 		t.Errorf("nginx and the edge on 443: %v", err)
 	}
-	if err := portConflicts([]int{443}, map[int][]holder{443: {{1, "apache2"}}}); err == nil || !strings.Contains(err.Error(), "where the edge expects nginx: stop it first") {
+	if err := portConflicts([]int{443}, map[int][]holder{443: {{1, "apache2"}}}, allowedHolders); err == nil || !strings.Contains(err.Error(), "where the edge expects nginx: stop it first") {
 		t.Errorf("apache2 on 443: %v", err)
 	}
 }

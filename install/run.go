@@ -40,21 +40,26 @@ type Options struct {
 	Config string    // the edge's configuration file
 	Out    io.Writer // one line per step
 	Log    *zap.Logger
+	Node   NodeOptions // --mode node's flags
 }
 
 // ErrBadRoot marks a --root that cannot be used, ErrBadMode a mode that
-// is neither default nor full.
+// is not default, full or node (or node flags that do not fit).
 var (
 	ErrBadRoot = errors.New("bad root folder")
-	ErrBadMode = errors.New("want --mode default or full")
+	ErrBadMode = errors.New("want --mode default, full or node")
 )
 
 // Install installs the edge on a chatmail relay (mode "default" or
-// "full"), taking over from nginx and acmetool; a second run changes only
+// "full"), taking over from nginx and acmetool, or on another machine in
+// front of one (mode "node", install_node.go); a second run changes only
 // what is not yet so.
 func Install(o Options, mode string) error {
-	if mode != "default" && mode != "full" {
+	if mode != "default" && mode != "full" && mode != "node" {
 		return fmt.Errorf("%w, got %q", ErrBadMode, mode)
+	}
+	if mode != "node" && o.Node.given() {
+		return fmt.Errorf("%w: %w", ErrBadMode, ErrNodeFlags)
 	}
 	in, err := newInstaller(o.Root, o.DryRun, o.Out, o.Log)
 	if err != nil {
@@ -69,6 +74,9 @@ func Install(o Options, mode string) error {
 	rec, err := in.loadRecord()
 	if err != nil {
 		return err
+	}
+	if mode == "node" {
+		return in.installNode(rec, o.Config, o.Node)
 	}
 	return in.install(rec, mode, o.Config)
 }
@@ -121,6 +129,9 @@ func Reapply(o Options) error {
 	if rec.Mode == "" {
 		return ErrNotInstalled
 	}
+	if rec.Mode == "node" { // nothing of chatmail here to undo the install; its files are kept
+		return in.installNode(rec, o.Config, NodeOptions{})
+	}
 	if err := in.install(rec, rec.Mode, o.Config); err != nil {
 		return fmt.Errorf("re-apply %s mode: %w", rec.Mode, err)
 	}
@@ -138,25 +149,13 @@ func (in *installer) install(rec *installRecord, mode, configFile string) error 
 	rec.Mode = mode
 	fmt.Fprintf(in.out, "  ok     chatmail relay %s, certificates: %s\n", s.MailDomain, s.CertMode())
 
-	user, err := in.serviceUser()
+	user, err := in.folders(configFile, s.StateDir)
 	if err != nil {
 		return err
 	}
-	if err := in.mkdir(filepath.Dir(configFile), 0o755, owner{0, 0}); err != nil {
+	restart, err := in.writeConfig(configFile, configData, &rec.Config)
+	if err != nil {
 		return err
-	}
-	if err := in.mkdir(s.StateDir, 0o700, user); err != nil {
-		return err
-	}
-	restart := false
-	if configData != nil {
-		if _, err := in.writeFile(configFile, configData, 0o644); err != nil {
-			return err
-		}
-		sum := sha256.Sum256(configData)
-		rec.Config, restart = hex.EncodeToString(sum[:]), true
-	} else {
-		fmt.Fprintf(in.out, "  ok     keep %s as it is\n", configFile)
 	}
 	if err := in.saveRecord(rec); err != nil {
 		return err
@@ -265,6 +264,35 @@ func (in *installer) reapplyUnits(p systemd.Params) (changed, present bool, err 
 	}
 	changed, err = in.writeUnits(units)
 	return changed, true, err
+}
+
+// folders makes the service user, the configuration file's folder and the
+// state folder, and returns the user.
+func (in *installer) folders(configFile, stateDir string) (owner, error) {
+	user, err := in.serviceUser()
+	if err != nil {
+		return owner{}, err
+	}
+	if err := in.mkdir(filepath.Dir(configFile), 0o755, owner{0, 0}); err != nil {
+		return owner{}, err
+	}
+	return user, in.mkdir(stateDir, 0o700, user)
+}
+
+// writeConfig writes a configuration file install made (data; nil keeps
+// the one there) and records its SHA-256 in sum, for uninstall. It tells
+// whether the edge must restart for it.
+func (in *installer) writeConfig(path string, data []byte, sum *string) (bool, error) {
+	if data == nil {
+		fmt.Fprintf(in.out, "  ok     keep %s as it is\n", path)
+		return false, nil
+	}
+	if _, err := in.writeFile(path, data, 0o644); err != nil {
+		return false, err
+	}
+	digest := sha256.Sum256(data)
+	*sum = hex.EncodeToString(digest[:])
+	return true, nil
 }
 
 // installBinary puts the binary where the units run it and returns that
@@ -505,7 +533,7 @@ func (in *installer) probe(s *config.Settings, mode string) (bool, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	r := probe.Run(ctx, o)
-	if mode != "full" { // 993 and 465 are Dovecot's and Postfix's, without ECH
+	if mode != "full" && mode != "node" { // 993 and 465 are Dovecot's and Postfix's, without ECH
 		https := ":" + strconv.Itoa(o.HTTPSPort)
 		r.Checks = slices.DeleteFunc(r.Checks, func(c probe.Check) bool { return !strings.HasSuffix(c.Address, https) })
 		r.OK = !slices.ContainsFunc(r.Checks, func(c probe.Check) bool { return !c.OK })
@@ -552,8 +580,13 @@ func (in *installer) uninstall(configFile string) error {
 			return err
 		}
 	}
-	if err := in.removeConfig(configFile, rec); err != nil {
+	if err := in.removeIfUnchanged(configFile, rec.Config); err != nil {
 		return err
+	}
+	if rec.Mode == "node" {
+		if err := in.removeIfUnchanged(nodeChatmailINI, rec.ChatmailINI); err != nil {
+			return err
+		}
 	}
 	if rec.ExportDir != "" && rec.ExportOwner != nil {
 		o := *rec.ExportOwner
@@ -578,9 +611,9 @@ func (in *installer) uninstall(configFile string) error {
 	return nil
 }
 
-// removeConfig removes the configuration file install wrote, unless the
-// operator changed it since.
-func (in *installer) removeConfig(configFile string, rec *installRecord) error {
+// removeIfUnchanged removes a configuration file install wrote, whose
+// SHA-256 it recorded as sum, unless the operator changed it since.
+func (in *installer) removeIfUnchanged(configFile, sum string) error {
 	data, err := os.ReadFile(in.path(configFile))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
@@ -588,8 +621,8 @@ func (in *installer) removeConfig(configFile string, rec *installRecord) error {
 	if err != nil {
 		return err
 	}
-	sum := sha256.Sum256(data)
-	if rec.Config == "" || hex.EncodeToString(sum[:]) != rec.Config {
+	got := sha256.Sum256(data)
+	if sum == "" || hex.EncodeToString(got[:]) != sum {
 		fmt.Fprintf(in.out, "  ok     keep %s (not written by install, or changed since)\n", configFile)
 		return nil
 	}

@@ -109,10 +109,11 @@ type postfix struct {
 	Backend string
 }
 
-// startPostfix writes the configuration for mode into dir and starts
-// Postfix. Its queue folder holds spool/private, where Dovecot puts the LMTP
-// and auth sockets. It is stopped when the test ends.
-func startPostfix(t *testing.T, dir, domain string, mode mail.Mode, cert, key string) *postfix {
+// startPostfix writes the configuration for mode into dir, with the
+// master.cf entries extra besides the mode's, and starts Postfix. Its queue
+// folder holds spool/private, where Dovecot puts the LMTP and auth
+// sockets. It is stopped when the test ends.
+func startPostfix(t *testing.T, dir, domain string, mode mail.Mode, cert, key string, extra ...string) *postfix {
 	t.Helper()
 	p := &postfix{
 		conf:  filepath.Join(dir, "postfix"),
@@ -152,7 +153,7 @@ func startPostfix(t *testing.T, dir, domain string, mode mail.Mode, cert, key st
 		t.Fatal(err)
 	}
 	writeFile(t, filepath.Join(p.conf, "main.cf"), mainCf.String(), 0o644)
-	writeFile(t, filepath.Join(p.conf, "master.cf"), service+postfixInternalServices, 0o644)
+	writeFile(t, filepath.Join(p.conf, "master.cf"), service+strings.Join(extra, "")+postfixInternalServices, 0o644)
 	// chatmail's login_map: a SASL user may send only as itself.
 	writeFile(t, filepath.Join(p.conf, "login_map"), "/^(.*)$/\t${1}\n", 0o644)
 

@@ -58,9 +58,10 @@ func startRelay(t *testing.T, mode mail.Mode) *relay {
 	return r
 }
 
-// startMailSide starts Postfix and Dovecot (with dovecotExtra added to its
-// configuration) for a relay whose edge the caller starts; cert is theirs.
-func startMailSide(t *testing.T, mode mail.Mode, dovecotExtra string) (*relay, tls.Certificate) {
+// startMailSide starts Postfix (with the master.cf entries postfixExtra)
+// and Dovecot (with dovecotExtra added to its configuration) for a relay
+// whose edge the caller starts; cert is theirs.
+func startMailSide(t *testing.T, mode mail.Mode, dovecotExtra string, postfixExtra ...string) (*relay, tls.Certificate) {
 	t.Helper()
 	requireDaemons(t)
 	dir := daemonDir(t)
@@ -70,7 +71,7 @@ func startMailSide(t *testing.T, mode mail.Mode, dovecotExtra string) (*relay, t
 	users := map[string]string{r.alice.addr: r.alice.password, r.bob.addr: r.bob.password}
 	// Postfix first: it creates the queue's private folder, where Dovecot
 	// puts the sockets Postfix uses.
-	r.postfix = startPostfix(t, dir, domain, mode, certFile, keyFile)
+	r.postfix = startPostfix(t, dir, domain, mode, certFile, keyFile, postfixExtra...)
 	r.dovecot = startDovecot(t, dir, r.postfix.spool, mode, certFile, keyFile, users, dovecotExtra)
 	return r, cert
 }

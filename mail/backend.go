@@ -24,7 +24,22 @@ const (
 	// `smtpd_upstream_proxy_protocol = haproxy`), so the daemon sees the
 	// real client address and, for Dovecot, that the client used TLS.
 	ModeProxy Mode = "proxy"
+	// ModeProxyTLS sends a PROXY v2 header with the client's addresses and
+	// then makes the TLS handshake, for daemons on another host (a node in
+	// front of a relay, docs/NODES.md): Dovecot and Postfix read the header
+	// before their TLS (a Dovecot listener with `haproxy = yes` and
+	// `ssl = yes`, a Postfix service with smtpd_upstream_proxy_protocol and
+	// smtpd_tls_wrappermode). The header crosses the network in the clear, so
+	// it carries the addresses only: the inner SNI and ALPN that ECH hid stay
+	// hidden, and the TLS TLV would say nothing the daemon's own TLS does not.
+	ModeProxyTLS Mode = "proxy-tls"
 )
+
+// encrypts tells whether the mode makes a TLS handshake with the daemon.
+func (m Mode) encrypts() bool { return m == ModeTLS || m == ModeProxyTLS }
+
+// sendsHeader tells whether the mode opens with a PROXY v2 header.
+func (m Mode) sendsHeader() bool { return m == ModeProxy || m == ModeProxyTLS }
 
 const (
 	DefaultDialTimeout  = 5 * time.Second
@@ -41,18 +56,18 @@ const (
 // BackendConfig says how to reach one mail daemon.
 type BackendConfig struct {
 	Protocol      Protocol
-	Mode          Mode          // "" means ModeTLS
-	Address       string        // host:port
-	DialTimeout   time.Duration // connect, plus PROXY header or TLS handshake; default DefaultDialTimeout
-	TLSServerName string        // tls mode: name to send as SNI and to verify; default the host of Address
-	TLSVerify     bool          // tls mode: verify the daemon's certificate (default false: loopback daemon, self-signed relays)
-	RootCAs       *x509.CertPool
+	Mode          Mode           // "" means ModeTLS
+	Address       string         // host:port
+	DialTimeout   time.Duration  // connect, plus PROXY header or TLS handshake; default DefaultDialTimeout
+	TLSServerName string         // tls modes: name to send as SNI and to verify; default the host of Address
+	TLSVerify     bool           // tls modes: verify the daemon's certificate (default false: loopback daemon, self-signed relays)
+	RootCAs       *x509.CertPool // tls modes with TLSVerify: the CAs to trust; nil is the system's
 }
 
 // Backend dials one mail daemon. It is safe for concurrent use.
 type Backend struct {
 	cfg       BackendConfig
-	tlsConfig *tls.Config // tls mode; holds the shared session cache
+	tlsConfig *tls.Config // tls modes; holds the shared session cache
 }
 
 // ProbeResult is the outcome of Backend.Probe.
@@ -72,8 +87,8 @@ func NewBackend(cfg BackendConfig) (*Backend, error) {
 	if cfg.Mode == "" {
 		cfg.Mode = ModeTLS
 	}
-	if cfg.Mode != ModeTLS && cfg.Mode != ModeProxy {
-		return nil, fmt.Errorf("%v backend: unknown mode %q (want %q or %q)", cfg.Protocol, cfg.Mode, ModeTLS, ModeProxy)
+	if !cfg.Mode.encrypts() && !cfg.Mode.sendsHeader() {
+		return nil, fmt.Errorf("%v backend: unknown mode %q (want %q, %q or %q)", cfg.Protocol, cfg.Mode, ModeTLS, ModeProxy, ModeProxyTLS)
 	}
 	host, port, err := net.SplitHostPort(cfg.Address)
 	if err == nil && (host == "" || port == "") {
@@ -93,7 +108,7 @@ func NewBackend(cfg BackendConfig) (*Backend, error) {
 	}
 
 	b := &Backend{cfg: cfg}
-	if cfg.Mode == ModeTLS {
+	if cfg.Mode.encrypts() {
 		b.tlsConfig = &tls.Config{
 			MinVersion:         tls.VersionTLS13,
 			ServerName:         cfg.TLSServerName,
@@ -119,13 +134,11 @@ func (b *Backend) Address() string { return b.cfg.Address }
 
 // Open starts a session for the client described by info on conn, which the
 // caller dialed to Address: in proxy mode it sends the PROXY v2 header, in
-// tls mode it returns a *tls.Conn over conn after a completed handshake. It
-// gives up after DialTimeout at the latest; on an error conn is closed.
+// tls mode it returns a *tls.Conn over conn after a completed handshake, in
+// proxy-tls mode both, the header first. It gives up after DialTimeout at
+// the latest; on an error conn is closed.
 func (b *Backend) Open(ctx context.Context, conn net.Conn, info ClientInfo) (net.Conn, error) {
-	var header []byte
-	if b.cfg.Mode == ModeProxy {
-		header = AppendProxyV2(make([]byte, 0, maxProxyV2Len), info)
-	}
+	header := b.header(info)
 	ctx, cancel := context.WithTimeout(ctx, b.cfg.DialTimeout)
 	defer cancel()
 	conn, err := b.open(ctx, conn, header)
@@ -138,19 +151,27 @@ func (b *Backend) Open(ctx context.Context, conn net.Conn, info ClientInfo) (net
 // Dial connects to the daemon and opens a session on the connection, as
 // the edge does with its own dialer; tests use it.
 func (b *Backend) Dial(ctx context.Context, info ClientInfo) (net.Conn, error) {
-	var header []byte
-	if b.cfg.Mode == ModeProxy {
-		header = AppendProxyV2(make([]byte, 0, maxProxyV2Len), info)
-	}
-	conn, err := b.connect(ctx, header)
+	conn, err := b.connect(ctx, b.header(info))
 	if err != nil {
 		return nil, fmt.Errorf("dial %v: %w", b, err)
 	}
 	return conn, nil
 }
 
-// Probe checks that the daemon answers: it connects (in proxy mode with a
-// LOCAL header, which both daemons accept for health checks), then runs
+// header is the PROXY v2 header that opens a session for info, nil in tls
+// mode.
+func (b *Backend) header(info ClientInfo) []byte {
+	switch b.cfg.Mode {
+	case ModeProxy:
+		return AppendProxyV2(make([]byte, 0, maxProxyV2Len), info)
+	case ModeProxyTLS:
+		return AppendProxyV2(make([]byte, 0, maxProxyV2Len), ClientInfo{Source: info.Source, Destination: info.Destination})
+	}
+	return nil
+}
+
+// Probe checks that the daemon answers: it connects (in the proxy modes with
+// a LOCAL header, which both daemons accept for health checks), then runs
 // CheckIMAP or CheckSMTP without credentials. When ctx has no deadline the
 // probe is bounded by DefaultProbeTimeout.
 func (b *Backend) Probe(ctx context.Context) (ProbeResult, error) {
@@ -159,7 +180,7 @@ func (b *Backend) Probe(ctx context.Context) (ProbeResult, error) {
 	defer cancel()
 
 	var header []byte
-	if b.cfg.Mode == ModeProxy {
+	if b.cfg.Mode.sendsHeader() {
 		header = AppendProxyV2Local(nil)
 	}
 	start := time.Now()
@@ -181,8 +202,8 @@ func (b *Backend) Probe(ctx context.Context) (ProbeResult, error) {
 	return res, nil
 }
 
-// connect dials, then sends header (proxy mode) or completes the TLS
-// handshake (tls mode), all within DialTimeout.
+// connect dials, then sends header (proxy modes) and completes the TLS
+// handshake (tls modes), all within DialTimeout.
 func (b *Backend) connect(ctx context.Context, header []byte) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, b.cfg.DialTimeout)
 	defer cancel()
@@ -195,24 +216,25 @@ func (b *Backend) connect(ctx context.Context, header []byte) (net.Conn, error) 
 	return b.open(ctx, conn, header)
 }
 
-// open sends header (proxy mode) or makes the TLS handshake (tls mode) on
-// conn within ctx; on an error it closes conn.
+// open sends header (proxy modes) and then makes the TLS handshake (tls
+// modes) on conn within ctx; on an error it closes conn.
 func (b *Backend) open(ctx context.Context, conn net.Conn, header []byte) (net.Conn, error) {
 	// The deadline bounds the header write and the handshake even where a
 	// wrapped conn would not notice ctx.
 	deadline, _ := ctx.Deadline()
-	var err error
-	err = conn.SetDeadline(deadline)
-	if err == nil {
-		if b.cfg.Mode == ModeProxy {
-			// One write: the header must be sent at once
-			// (proxy-protocol.txt §2.2).
-			_, err = conn.Write(header)
-		} else {
-			tlsConn := tls.Client(conn, b.tlsConfig)
-			err = tlsConn.HandshakeContext(ctx)
-			conn = tlsConn
+	err := conn.SetDeadline(deadline)
+	if err == nil && header != nil {
+		// One write: the header must be sent at once
+		// (proxy-protocol.txt §2.2).
+		_, err = conn.Write(header)
+	}
+	if err == nil && b.tlsConfig != nil {
+		tlsConn := tls.Client(conn, b.tlsConfig)
+		err = tlsConn.HandshakeContext(ctx)
+		if err != nil {
+			err = fmt.Errorf("TLS handshake with %s: %w", b.cfg.TLSServerName, err)
 		}
+		conn = tlsConn
 	}
 	if err == nil {
 		err = conn.SetDeadline(time.Time{})

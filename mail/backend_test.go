@@ -77,15 +77,7 @@ func TestBackendProxyMode(t *testing.T) {
 				t.Fatal(err)
 			}
 			// The daemon serves a login after the header, so it read exactly the header.
-			res, err := check(ctx, p, conn, &Credentials{email, password})
-			if err != nil || !res.LoggedIn {
-				t.Fatalf("check through the backend: %+v, %v", res, err)
-			}
-
-			got := headerFields(t, daemons.nextHeader(t))
-			if got.command != proxyproto.PROXY || got.source != info.Source || got.destination != info.Destination {
-				t.Errorf("daemon saw %v %v -> %v, want PROXY %v -> %v", got.command, got.source, got.destination, info.Source, info.Destination)
-			}
+			got := loginWithHeader(ctx, t, daemons, p, conn, &Credentials{email, password}, info)
 			if got.ssl == nil || !got.ssl.ClientSSL() {
 				t.Fatalf("daemon saw no SSL TLV with PP2_CLIENT_SSL: %+v", got.ssl)
 			}
@@ -97,6 +89,22 @@ func TestBackendProxyMode(t *testing.T) {
 			}
 		})
 	}
+}
+
+// loginWithHeader logs in on conn, through a backend to daemons, and
+// checks that the daemon got a PROXY header with info's addresses, which
+// it returns.
+func loginWithHeader(ctx context.Context, t *testing.T, daemons *testDaemons, p Protocol, conn net.Conn, creds *Credentials, info ClientInfo) parsedHeader {
+	t.Helper()
+	res, err := check(ctx, p, conn, creds)
+	if err != nil || !res.LoggedIn {
+		t.Fatalf("check through the backend: %+v, %v", res, err)
+	}
+	got := headerFields(t, daemons.nextHeader(t))
+	if got.command != proxyproto.PROXY || got.source != info.Source || got.destination != info.Destination {
+		t.Errorf("daemon saw %v %v -> %v, want PROXY %v -> %v", got.command, got.source, got.destination, info.Source, info.Destination)
+	}
+	return got
 }
 
 func TestBackendTLSMode(t *testing.T) {
@@ -126,6 +134,68 @@ func TestBackendTLSMode(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestBackendProxyTLSMode: the daemon reads a PROXY header with the
+// client's addresses and nothing else (no SNI, ALPN or TLS details, which
+// would cross the network in the clear), then a verified TLS handshake,
+// and serves a login.
+func TestBackendProxyTLSMode(t *testing.T) {
+	cert, roots := testcert.SelfSigned(t, "mail.example.org")
+	daemons := startTestDaemons(t, proxyThenTLS(cert))
+	email, password, err := daemons.delivery.CreateAccount()
+	if err != nil {
+		t.Fatal(err)
+	}
+	info := ClientInfo{
+		Source:      netip.MustParseAddrPort("203.0.113.7:50123"),
+		Destination: netip.MustParseAddrPort("192.0.2.1:993"),
+		TLSVersion:  tls.VersionTLS13, CipherSuite: tls.TLS_AES_128_GCM_SHA256,
+		ServerName: "hidden-by-ech.example.org", ALPN: "imap",
+	}
+	for _, p := range []Protocol{IMAP, SMTP} {
+		t.Run(p.String(), func(t *testing.T) {
+			addr := map[Protocol]string{IMAP: daemons.imapAddr, SMTP: daemons.smtpAddr}[p]
+			b := newTestBackend(t, BackendConfig{Protocol: p, Mode: ModeProxyTLS, Address: addr,
+				TLSServerName: "mail.example.org", TLSVerify: true, RootCAs: roots})
+			ctx := testContext(t, 10*time.Second)
+			raw, err := net.Dial("tcp", b.Address())
+			if err != nil {
+				t.Fatal(err)
+			}
+			conn, err := b.Open(ctx, raw, info)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			if state := conn.(*tls.Conn).ConnectionState(); state.Version != tls.VersionTLS13 || len(state.VerifiedChains) == 0 {
+				t.Errorf("TLS %#x, verified chains %d", state.Version, len(state.VerifiedChains))
+			}
+			got := loginWithHeader(ctx, t, daemons, p, conn, &Credentials{email, password}, info)
+			if got.hasAuth || got.hasALPN || got.ssl != nil {
+				t.Errorf("the header in the clear carries more than addresses: %+v", got)
+			}
+		})
+	}
+	t.Run("probe", func(t *testing.T) {
+		b := newTestBackend(t, BackendConfig{Protocol: IMAP, Mode: ModeProxyTLS, Address: daemons.imapAddr,
+			TLSServerName: "mail.example.org", TLSVerify: true, RootCAs: roots})
+		if res, err := b.Probe(t.Context()); err != nil || !slices.Contains(res.Capabilities, "IMAP4rev2") {
+			t.Fatalf("probe: %+v, %v", res, err)
+		}
+		if h := daemons.nextHeader(t); h.Command != proxyproto.LOCAL {
+			t.Errorf("probe sent a %v header, want LOCAL", h.Command)
+		}
+	})
+	t.Run("wrong name", func(t *testing.T) {
+		b := newTestBackend(t, BackendConfig{Protocol: IMAP, Mode: ModeProxyTLS, Address: daemons.imapAddr,
+			TLSServerName: "other.example.org", TLSVerify: true, RootCAs: roots})
+		if _, err := b.Dial(testContext(t, 10*time.Second), info); err == nil || !strings.Contains(err.Error(), "TLS handshake with other.example.org: ") ||
+			!strings.Contains(err.Error(), "certificate is valid for mail.example.org") {
+			t.Fatalf("Dial: %v, want a verification error", err)
+		}
+		daemons.nextHeader(t) // the header went out before the handshake failed
+	})
 }
 
 func TestBackendTLSVerify(t *testing.T) {
@@ -158,7 +228,7 @@ func TestBackendDialDeadAddress(t *testing.T) {
 	ln := listenLoopback(t)
 	addr := ln.Addr().String()
 	ln.Close()
-	for _, mode := range []Mode{ModeProxy, ModeTLS} {
+	for _, mode := range []Mode{ModeProxy, ModeTLS, ModeProxyTLS} {
 		b := newTestBackend(t, BackendConfig{Protocol: IMAP, Mode: mode, Address: addr})
 		_, err := b.Dial(testContext(t, 10*time.Second), ClientInfo{})
 		if !errors.Is(err, syscall.ECONNREFUSED) {

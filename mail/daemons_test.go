@@ -93,7 +93,11 @@ type recordingListener struct {
 
 func (l *recordingListener) Accept() (net.Conn, error) {
 	conn, err := l.Listener.Accept()
-	if pc, ok := conn.(*proxyproto.Conn); ok {
+	header := conn
+	if tc, ok := conn.(*tls.Conn); ok { // proxyThenTLS: the header comes before the TLS
+		header = tc.NetConn()
+	}
+	if pc, ok := header.(*proxyproto.Conn); ok {
 		go func() { l.headers <- pc.ProxyHeader() }()
 	}
 	return conn, err
@@ -104,6 +108,13 @@ func implicitTLS(cert tls.Certificate) func(net.Listener) net.Listener {
 	return func(ln net.Listener) net.Listener {
 		return tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}})
 	}
+}
+
+// proxyThenTLS wraps listeners as a relay's ports for nodes in proxy mode
+// (Dovecot `haproxy = yes` with `ssl = yes`, Postfix's upstream proxy
+// protocol with wrappermode): a PROXY header, then TLS with cert.
+func proxyThenTLS(cert tls.Certificate) func(net.Listener) net.Listener {
+	return func(ln net.Listener) net.Listener { return implicitTLS(cert)(requireProxyHeader(ln)) }
 }
 
 // scriptedServer accepts connections, sends each the greeting (nothing when

@@ -112,7 +112,7 @@ func StartDemo(c DemoConfig, log *zap.Logger) (*Demo, error) {
 		Web:          c.webConfig(standIns),
 		AdminAddr:    net.JoinHostPort("127.0.0.1", strconv.Itoa(c.AdminPort)),
 		MetadataFile: c.metadataFile(),
-	}, certs, nil, log, nil)
+	}, certs, nil, nil, log, nil)
 	if err != nil {
 		standIns.Close()
 		delivery.Close()

@@ -81,15 +81,7 @@ func fetchInbox(t *testing.T, conn *tls.Conn, email, password string) []string {
 // oneself over SMTP and read it back over IMAP, across all the ports.
 func TestChatmailFlowThroughDemo(t *testing.T) {
 	d := startTestDemo(t, t.TempDir())
-	routes := []struct {
-		name              string
-		submit, read      string
-		submitALPN, rALPN []string
-	}{
-		{"465 then 443/imap", "smtps", "https", nil, []string{"imap"}},
-		{"443/smtp then 993", "https", "imaps", []string{"smtp"}, nil},
-	}
-	for _, r := range routes {
+	for _, r := range mailRoutes {
 		t.Run(r.name, func(t *testing.T) {
 			email, password := newAccount(t, d)
 			token := randomToken()
@@ -104,6 +96,17 @@ func TestChatmailFlowThroughDemo(t *testing.T) {
 			}
 		})
 	}
+}
+
+// mailRoutes are the ways a client submits and reads mail, between them
+// every port and ALPN.
+var mailRoutes = []struct {
+	name              string
+	submit, read      string
+	submitALPN, rALPN []string
+}{
+	{"465 then 443/imap", "smtps", "https", nil, []string{"imap"}},
+	{"443/smtp then 993", "https", "imaps", []string{"smtp"}, nil},
 }
 
 func randomToken() string {

@@ -44,7 +44,7 @@ func (e *Service) Reload(load func() (*config.Settings, error)) (restart []strin
 	if err != nil {
 		return nil, err
 	}
-	cfg, err := instanceConfigFrom(s)
+	cfg, err := instanceConfigFrom(s, e.relay)
 	if err != nil {
 		return nil, err
 	}

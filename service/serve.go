@@ -14,6 +14,7 @@ import (
 	"chatmail-edge/edge"
 	"chatmail-edge/internal/sdnotify"
 	"chatmail-edge/mail"
+	"chatmail-edge/web"
 )
 
 // pidFileName, in state_dir, holds the PID of the process that serves,
@@ -162,8 +163,9 @@ func (e *Service) status(restart []string) string {
 }
 
 // instanceConfig turns the settings into the running parts' configuration;
-// the certificates come from certs.go (startServe fills them in).
-func instanceConfigFrom(s *config.Settings) (instanceConfig, error) {
+// the certificates come from certs.go (startServe fills them in). A node's
+// connections to the relay are recorded in reach (node.go).
+func instanceConfigFrom(s *config.Settings, reach *web.RelayReach) (instanceConfig, error) {
 	var listeners []edge.ListenerConfig
 	for _, l := range []struct {
 		name, addr string
@@ -177,7 +179,7 @@ func instanceConfigFrom(s *config.Settings) (instanceConfig, error) {
 	if s.HTTP != "" {
 		httpAddr = s.ListenAddr(s.HTTP)
 	}
-	return instanceConfig{
+	cfg := instanceConfig{
 		Domain:     s.MailDomain,
 		PublicName: s.ECHPublicName,
 		StateDir:   s.StateDir,
@@ -204,7 +206,13 @@ func instanceConfigFrom(s *config.Settings) (instanceConfig, error) {
 		AdminAddr:    s.AdminAddress,
 		MetadataFile: s.ECHMetadataFile,
 		HTTPLimits:   httpLimitsFrom(s),
-	}, nil
+	}
+	if s.IsNode() {
+		if err := nodeInstanceConfig(&cfg, s, reach); err != nil {
+			return instanceConfig{}, err
+		}
+	}
+	return cfg, nil
 }
 
 // edgeLimits are the edge's limits and timeouts from the settings.

@@ -20,6 +20,7 @@ import (
 	"chatmail-edge/acme"
 	"chatmail-edge/config"
 	"chatmail-edge/store"
+	"chatmail-edge/web"
 )
 
 // Service is the running edge, of `serve` or of the demo: the instance
@@ -38,6 +39,8 @@ type Service struct {
 	// drainFor is [edge] drain_timeout as last loaded (reload applies it);
 	// guarded by reloadMu.
 	drainFor time.Duration
+	// relay records a node's connections to the relay, across reloads.
+	relay *web.RelayReach
 }
 
 // drainTimeout is [edge] drain_timeout in force.
@@ -81,19 +84,21 @@ func startServeOn(ctx context.Context, s *config.Settings, shared *store.Cached,
 	if err != nil {
 		return nil, err
 	}
-	cfg, err := instanceConfigFrom(s)
+	relay := web.NewRelayReach()
+	cfg, err := instanceConfigFrom(s, relay)
 	if err != nil {
 		return nil, err
 	}
 	cfg.Listen, cfg.Shared = listen, shared
-	return startService(ctx, cfg, c, s, log, onListening)
+	return startService(ctx, cfg, c, s, relay, log, onListening)
 }
 
 // startService is what serve and the demo share: the instance from cfg,
 // served with the certificates c. settings are what a reload compares
-// with; the demo has none.
-func startService(ctx context.Context, cfg instanceConfig, c *certs, settings *config.Settings, log *zap.Logger, onListening func(*instance) error) (*Service, error) {
-	e := &Service{log: log, startSettings: settings}
+// with; the demo has none. relay records a node's connections to its
+// relay (nil for the demo).
+func startService(ctx context.Context, cfg instanceConfig, c *certs, settings *config.Settings, relay *web.RelayReach, log *zap.Logger, onListening func(*instance) error) (*Service, error) {
+	e := &Service{log: log, startSettings: settings, relay: relay}
 	if settings != nil {
 		e.drainFor = settings.DrainTimeout
 	}
@@ -123,6 +128,14 @@ func startService(ctx context.Context, cfg instanceConfig, c *certs, settings *c
 
 // certs are the certificates in use.
 func (e *Service) certs() *certs { return e.certsNow.Load() }
+
+// Addr is where the named listener (https, imaps, smtps) accepts, nil for
+// none: for tests that start an edge on port 0.
+func (e *Service) Addr(listener string) net.Addr { return e.edge.Addr(listener) }
+
+// ECHConfigList is the ECH config list the edge publishes, for tests that
+// connect as a client that fetched it.
+func (e *Service) ECHConfigList() []byte { return e.echKeys.Load().ConfigList() }
 
 // Status is for the status page.
 func (e *Service) Status() []acme.CertStatus { return e.certs().Status() }

@@ -172,15 +172,23 @@ func edgeStats(s edge.Snapshot) web.EdgeStats {
 	return out
 }
 
-// backendProbes check Dovecot and Postfix (or the demo's local delivery)
-// with the real protocol: greeting plus CAPABILITY or EHLO.
+// probedBackend is a backend the health checks can probe: *mail.Backend,
+// and a node's relayBackend.
+type probedBackend interface {
+	Config() mail.BackendConfig
+	Probe(context.Context) (mail.ProbeResult, error)
+}
+
+// backendProbes check Dovecot and Postfix (or the demo's local delivery,
+// or a node's relay) with the real protocol: greeting plus CAPABILITY or
+// EHLO.
 func backendProbes(b edge.Backends) []web.Probe {
 	var probes []web.Probe
 	for _, svc := range []struct {
 		name    string
 		backend edge.Backend
 	}{{"IMAP", b.IMAP}, {"SMTP", b.SMTP}} {
-		mb, ok := svc.backend.(*mail.Backend)
+		mb, ok := svc.backend.(probedBackend)
 		if !ok {
 			continue
 		}

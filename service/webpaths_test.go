@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"encoding/xml"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -40,14 +41,20 @@ func (d *Demo) webRequest(t *testing.T, method, host, path string, header http.H
 		Timeout:       2 * time.Minute, // a safety net, not an assertion
 	}
 	defer client.CloseIdleConnections()
-	req, err := http.NewRequest(method, d.url(path), body)
+	return sendRequest(t, client, method, d.url(path), host, header, body)
+}
+
+// sendRequest sends method to url with Host host, wants ECH accepted, and
+// returns the response with its body.
+func sendRequest(t *testing.T, client *http.Client, method, url, host string, header http.Header, body io.Reader) (*http.Response, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(method, url, body)
 	if err != nil {
 		t.Fatal(err)
 	}
 	req.Host = host
-	for k, v := range header {
-		req.Header[k] = v
-	}
+	maps.Copy(req.Header, header)
+	path := req.URL.RequestURI()
 	resp, err := client.Do(req)
 	if err != nil {
 		t.Fatalf("%s https://%s%s: %v", method, host, path, err)

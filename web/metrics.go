@@ -26,6 +26,9 @@ func (s *Server) newRegistry() *prometheus.Registry {
 		newEdgeCollector(s),
 		newStoreCollector(s),
 	)
+	if s.cfg.Node != nil {
+		reg.MustRegister(newNodeCollector(s.cfg.Node))
+	}
 	return reg
 }
 
@@ -77,10 +80,10 @@ func newEdgeCollector(s *Server) *edgeCollector {
 		acmeError:         d("acme_error", "1 while the last attempt to obtain or renew the certificate failed.", "cert"),
 		acmeLastError:     d("acme_last_error_timestamp_seconds", "When obtaining or renewing the certificate last failed (absent if never).", "cert"),
 		acmeNextAttempt:   d("acme_next_attempt_timestamp_seconds", "When the next attempt to obtain or renew the certificate is due.", "cert"),
-		serviceUp:         d("service_up", "1 if the last health probe of the service (Dovecot, Postfix, filtermail, iroh-relay) succeeded.", "service"),
+		serviceUp:         d("service_up", "1 if the last health probe of the service (Dovecot, Postfix, filtermail, iroh-relay; on a node the relay's IMAP, SMTP and HTTPS) succeeded.", "service"),
 		probeSeconds:      d("service_probe_duration_seconds", "Duration of the last health probe.", "service"),
 		probeFailures:     d("service_probe_failures_total", "Failed health probes.", "service"),
-		upstreamErrors:    d("upstream_errors_total", "HTTP requests answered 502 because the upstream (filtermail, iroh-relay) could not be reached or did not answer.", "upstream"),
+		upstreamErrors:    d("upstream_errors_total", "HTTP requests answered 502 because the upstream (filtermail, iroh-relay, or a node's relay) could not be reached or did not answer.", "upstream"),
 	}
 }
 

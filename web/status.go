@@ -40,6 +40,7 @@ type statusPage struct {
 	Certs          []certView
 	ECH            echView
 	Store          *storeView // nil without a shared store
+	Node           *nodeView  // nil on the relay
 	// Admin page only.
 	Listeners       []listenerView
 	Sessions        int64
@@ -121,6 +122,7 @@ func (s *Server) statusPage(admin bool) statusPage {
 		Admin: admin, Domain: s.cfg.Domain, Version: s.cfg.Version,
 		Uptime: formatDuration(now.Sub(s.started)), Now: now.UTC().Format(time.RFC3339),
 		RefreshSeconds: statusRefresh, CSS: template.CSS(assets.StatusCSS()), AllUp: true,
+		Node: s.nodeViewOf(now, admin),
 	}
 	for _, h := range s.Health() {
 		v := serviceView{Name: h.Name, State: "unknown"}

@@ -24,12 +24,17 @@ const bodyIdleTimeout = 60 * time.Second
 // upstream is one fixed reverse-proxy target: the client never chooses
 // where a request goes, so the edge cannot become an open proxy.
 type upstream struct {
-	name    string
-	target  *url.URL
-	proxy   *httputil.ReverseProxy
-	maxBody int64 // 0: no body limit beyond the idle timeout
-	errors  atomic.Uint64
-	log     *zap.Logger
+	name      string
+	target    *url.URL
+	proxy     *httputil.ReverseProxy
+	maxBody   int64  // 0: no body limit beyond the idle timeout
+	probePath string // what the health check asks for
+	errors    atomic.Uint64
+	log       *zap.Logger
+	// observe, if set, hears of each health check (nil or its error) and
+	// each request the upstream failed (not those the client failed: a
+	// body too large, a client gone).
+	observe func(error)
 }
 
 // newUpstream proxies to rawURL (http://host:port). filtermail gets
@@ -41,9 +46,9 @@ func newUpstream(name, rawURL string, cfg Config, log *zap.Logger) (*upstream, e
 	if err != nil {
 		return nil, fmt.Errorf("%s upstream: %w", name, err)
 	}
-	u := &upstream{name: name, target: target, log: log.Named("proxy").With(zap.String("upstream", name))}
+	u := &upstream{name: name, target: target, probePath: "/ping", log: log.Named("proxy").With(zap.String("upstream", name))}
 	if name == "filtermail" {
-		u.maxBody = cfg.MaxMessageSize
+		u.maxBody, u.probePath = cfg.MaxMessageSize, "/mxdeliv"
 	}
 	transport := &http.Transport{
 		Proxy:                 nil, // never an HTTP proxy from the environment
@@ -71,10 +76,15 @@ func newUpstream(name, rawURL string, cfg Config, log *zap.Logger) (*upstream, e
 // probe checks that the upstream answers HTTP: a status below 500 on its
 // probe path (iroh-relay's /ping answers 200).
 func (u *upstream) probe(ctx context.Context) error {
-	path := "/ping"
-	if u.name == "filtermail" {
-		path = "/mxdeliv"
+	err := u.check(ctx)
+	if u.observe != nil {
+		u.observe(err)
 	}
+	return err
+}
+
+func (u *upstream) check(ctx context.Context) error {
+	path := u.probePath
 	req, err := http.NewRequestWithContext(ctx, http.MethodHead, u.target.String()+path, nil)
 	if err != nil {
 		return err
@@ -90,23 +100,31 @@ func (u *upstream) probe(ctx context.Context) error {
 	return nil
 }
 
-// paths are the nginx locations of this upstream.
+// paths are the nginx locations of this upstream; the relay of a node
+// has none (nodeHandler passes it what it does not answer itself).
 func (u *upstream) paths() []string {
-	if u.name == "filtermail" {
+	switch u.name {
+	case "filtermail":
 		return []string{"/mxdeliv"}
+	case "iroh-relay":
+		return []string{"/relay", "/ping", "/generate_204"}
 	}
-	return []string{"/relay", "/ping", "/generate_204"}
+	return nil
 }
 
-func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if u.maxBody > 0 && r.ContentLength > u.maxBody {
+func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) { u.serveWithin(w, r, u.maxBody) }
+
+// serveWithin proxies r with a body of at most maxBody bytes (0: no limit
+// beyond the idle timeout).
+func (u *upstream) serveWithin(w http.ResponseWriter, r *http.Request, maxBody int64) {
+	if maxBody > 0 && r.ContentLength > maxBody {
 		http.Error(w, "message too large", http.StatusRequestEntityTooLarge)
 		return
 	}
 	if r.Body != nil && r.Body != http.NoBody {
 		body := io.ReadCloser(r.Body)
-		if u.maxBody > 0 {
-			body = http.MaxBytesReader(w, body, u.maxBody)
+		if maxBody > 0 {
+			body = http.MaxBytesReader(w, body, maxBody)
 		}
 		if r.Header.Get("Upgrade") == "" {
 			// Not for upgrades: the deadline would stay on the hijacked conn.
@@ -128,6 +146,9 @@ func (u *upstream) fail(w http.ResponseWriter, r *http.Request, err error) {
 		return // the client left; nobody reads the answer
 	}
 	u.errors.Add(1)
+	if u.observe != nil {
+		u.observe(err)
+	}
 	requestLog(u.log, r).Warn("upstream unavailable", zap.String("target", u.target.Host), zap.String("path", r.URL.Path), zap.Error(err))
 	http.Error(w, "502 bad gateway: "+u.name+" is not available", http.StatusBadGateway)
 }

@@ -6,6 +6,7 @@
 package web
 
 import (
+	"errors"
 	"fmt"
 	"html/template"
 	"net"
@@ -63,6 +64,10 @@ type Config struct {
 	// AccessLog logs every request of the HTTPS and plain-HTTP handlers,
 	// one line each in nginx's combined format (accesslog.go).
 	AccessLog bool
+
+	// Node, if set, makes this a node's web server (node.go): HTTPS
+	// requests go to the relay; the site, CGI and upstreams are not used.
+	Node *NodeConfig
 }
 
 // Deps are what the web server reads from the rest of the edge. Only Log
@@ -128,6 +133,7 @@ type Server struct {
 	site      *site
 	newAcct   *newAccounts
 	upstreams []*upstream
+	relay     *upstream // a node's relay, also in upstreams; nil on the relay
 	health    *health
 	status    *template.Template
 	registry  *prometheus.Registry
@@ -193,6 +199,13 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		}
 		s.upstreams = append(s.upstreams, up)
 	}
+	if n := cfg.Node; n != nil {
+		if n.Relay == "" || n.Reachable == nil {
+			return nil, errors.New("node web server: no relay address or reachability record")
+		}
+		s.relay = newRelayUpstream(cfg, deps.Log)
+		s.upstreams = append(s.upstreams, s.relay)
+	}
 	s.health = newHealth(s.probes(), deps.Log)
 	var err error
 	if s.status, err = template.New("status").Parse(assets.StatusTemplate()); err != nil {
@@ -230,7 +243,12 @@ func handlePrefix(mux *http.ServeMux, path string, h http.Handler) {
 // autoconfig.<d> host serves its one document, and every other name
 // (mta-sts.<d>, <d>, an unknown or missing one) gets the relay's site, like
 // nginx's default_server.
+//
+// A node's requests go to the relay instead (nodeHandler).
 func (s *Server) Handler() http.Handler {
+	if s.cfg.Node != nil {
+		return s.accessLogged(s.nodeHandler())
+	}
 	return s.accessLogged(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch requestHost(r) {
 		case "www." + s.cfg.Domain:
