@@ -5,6 +5,7 @@ package integration
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -38,6 +39,10 @@ func forNodeTest(dropIn string, prodPort, port int) string {
 type nodeRelay struct {
 	*relay
 	nodeIMAP, nodeSMTP int // the listeners for nodes
+	// front is the relay's own edge (serve), if the test runs one: nodes
+	// in tls mode then reach the daemons through it, at its 993 and 465,
+	// and its 443, as on a relay.
+	front *service.Service
 }
 
 func startNodeRelay(t *testing.T) *nodeRelay {
@@ -53,14 +58,19 @@ func startNodeRelay(t *testing.T) *nodeRelay {
 // its own state folder (ECH keys) and the daemons' certificate to serve.
 // extra are more sections for its file ([store], [acme]); with [acme] or
 // [tls] among them the daemons' certificate is left out. The relay's
-// HTTPS is not part of this suite: https_port points nowhere unless extra
-// says. It returns r as seen through the node (the relay helpers, submit
+// HTTPS is not part of this suite unless r has a front: https_port points
+// nowhere otherwise. It returns r as seen through the node (the relay helpers, submit
 // and login, then go through it) and the node.
 func startNode(t *testing.T, r *nodeRelay, connect, extra string) (*relay, *service.Service) {
 	t.Helper()
 	imapPort, smtpPort := strings.TrimPrefix(r.dovecot.Backend, "127.0.0.1:"), strings.TrimPrefix(r.postfix.Backend, "127.0.0.1:")
-	if connect == config.NodeConnectProxy {
+	httpsPort := freePort(t)
+	switch {
+	case connect == config.NodeConnectProxy:
 		imapPort, smtpPort = strconv.Itoa(r.nodeIMAP), strconv.Itoa(r.nodeSMTP)
+	case r.front != nil:
+		imapPort, smtpPort = portOf(r.front.Addr("imaps")), portOf(r.front.Addr("smtps"))
+		httpsPort, _ = strconv.Atoi(portOf(r.front.Addr("https")))
 	}
 	dir := t.TempDir()
 	writeFile(t, filepath.Join(dir, "chatmail.ini"), "[params]\nmail_domain = "+domain+"\n", 0o644)
@@ -88,26 +98,30 @@ smtp_port = %[5]s
 https_port = %[6]d
 ca_file = %[2]s
 name = node-%[3]s
-%[7]s`, dir, r.certFile, connect, imapPort, smtpPort, freePort(t), extra), 0o644)
+%[7]s`, dir, r.certFile, connect, imapPort, smtpPort, httpsPort, extra), 0o644)
+	node := serveFile(t, file)
+	return throughEdge(r.relay, node, node.ECHConfigList()), node
+}
+
+// serveFile runs serve in-process from the configuration file, stopped at
+// the end of the test.
+func serveFile(t *testing.T, file string) *service.Service {
+	t.Helper()
 	s, err := config.Load(file, true)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
-	node, err := service.Start(ctx, s, zaptest.NewLogger(t))
+	e, err := service.Start(ctx, s, zaptest.NewLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(node.Shutdown)
-	through := *r.relay
-	through.edge, through.echList = nil, node.ECHConfigList()
-	through.addrs = map[string]string{}
-	for _, l := range []string{"https", "imaps", "smtps"} {
-		through.addrs[l] = node.Addr(l).String()
-	}
-	return &through, node
+	t.Cleanup(e.Shutdown)
+	return e
 }
+
+func portOf(a net.Addr) string { return strconv.Itoa(a.(*net.TCPAddr).Port) }
 
 // TestNodeBringsClientAddress: a node (serve with [node]) in front of the
 // real Postfix and Dovecot carries mail both ways in both connect modes.

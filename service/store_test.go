@@ -335,11 +335,10 @@ func TestStoreNodesShareECHRotation(t *testing.T) {
 }
 
 // storeOutage is how long the store stays down in
-// TestStoreNodesOutlastTheStore. Issue 20 asks for a minute; the nodes
-// behave the same after ten seconds (every request to the store has failed
-// by then, [store] timeout is 1s and the probe runs every 5s), and the
-// suite stays short.
-const storeOutage = 10 * time.Second
+// TestStoreNodesOutlastTheStore: a minute, as issue 20 asks ([store]
+// timeout is 1s and the probe runs every 5s, so every request has failed
+// many times over by then, certmagic's maintenance included).
+const storeOutage = time.Minute
 
 // Issue 20's acceptance, the store down: etcd killed for storeOutage. Every
 // node keeps serving TLS with ECH with what it holds, and its status page
